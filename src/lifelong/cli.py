@@ -1,0 +1,151 @@
+"""The ``lifelong`` command: run, list, show, eval.
+
+User mistakes print one line ``error: ...`` and exit with status 2 (``--debug``
+shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ConfigError, LifelongError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2, like every other user error
+        raise ConfigError(f"{message} (see `{self.prog} --help`)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lifelong", description="Continual learning: train a method on a stream of tasks.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="train a method on a benchmark")
+    r.add_argument("--method", help="see `lifelong list`")
+    r.add_argument("--benchmark", help="see `lifelong list`")
+    r.add_argument("--setting", choices=["task", "class"])
+    r.add_argument("--data-root", help="folder holding the benchmark's files")
+    r.add_argument("--out", help="run folder (default runs/<method>-<benchmark>-<timestamp>)")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--epochs", type=int, help="epochs per task for every training phase")
+    r.add_argument("--tasks", type=int)
+    r.add_argument("--base", type=int, help="class-incremental: classes in the first step")
+    r.add_argument("--increment", type=int, help="class-incremental: classes per later step")
+    r.add_argument("--memory", type=int, help="exemplars kept in total (replay methods)")
+    r.add_argument("--backbone")
+    r.add_argument("--config", help="a YAML config (e.g. configs/*.yaml or a run's config.yaml)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any hyperparameter")
+    r.add_argument("--device", help="auto|cpu|cuda|cuda:I")
+    r.add_argument("--precision", choices=["32", "bf16", "16"])
+    r.add_argument("--keep", choices=["all", "last"], help="checkpoints to keep")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished task")
+    r.add_argument("--quiet", action="store_true")
+
+    ls = sub.add_parser("list", help="methods and benchmarks")
+    ls.add_argument("--data-root", help="check which benchmarks' files are present here")
+
+    s = sub.add_parser("show", help="the accuracy matrix and summary of a run")
+    s.add_argument("run_dir")
+
+    e = sub.add_parser("eval", help="re-evaluate a run's final checkpoint on every task")
+    e.add_argument("run_dir")
+    e.add_argument("--data-root")
+    e.add_argument("--device", default="auto")
+
+    for sp in (r, ls, s, e):
+        sp.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from .config import resolve
+    from .engine.runner import run_job
+    from .report.tables import accuracy_table
+
+    flags = {"seed": a.seed, "epochs": a.epochs, "data_root": a.data_root, "tasks": a.tasks, "base": a.base,
+             "increment": a.increment, "memory": a.memory, "backbone": a.backbone, "device": a.device,
+             "precision": a.precision, "keep": a.keep}
+    if a.resume:
+        if not a.out:
+            raise ConfigError("--resume needs --out DIR, the run folder to continue")
+        from .config import RunConfig
+
+        cfg = RunConfig(method="", benchmark="", setting="", device=a.device or "auto", precision=a.precision or "32")
+    else:
+        cfg = resolve(a.method, a.benchmark, a.setting, Path(a.config) if a.config else None, a.set, flags)
+    say = (lambda s: None) if a.quiet else print
+    result = run_job(cfg, Path(a.out) if a.out else None, resume=a.resume, echo=say, progress=not a.quiet)
+    print(accuracy_table(result.metrics))
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def cmd_list(a: argparse.Namespace) -> int:
+    from .data.benchmarks import BENCHMARKS
+    from .methods.registry import METHODS, method_class
+
+    print("methods:")
+    for name in METHODS:
+        cls = method_class(name)
+        print(f"  {name:<14} {'/'.join(cls.settings):<11} {cls.paper}")
+    print("benchmarks:")
+    root = Path(a.data_root) if a.data_root else None
+    for b in BENCHMARKS.values():
+        embedded = not b.files(Path("."))
+        status = "embedded" if embedded else ("present" if root and b.data_present(root) else "needs --data-root")
+        print(f"  {b.name:<22} {'/'.join(b.settings):<11} {status:<18} {b.description}")
+    return 0
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from .engine.rundir import RunDir
+    from .report.tables import accuracy_table
+
+    rundir = RunDir.open_existing(Path(a.run_dir))
+    print(accuracy_table(rundir.read_metrics()))
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .api import load_run
+    from .engine.device import pick_device
+    from .engine.evaluate import evaluate
+    from .engine.loop import TrainContext
+    from .engine.rundir import RunDir
+
+    rundir = RunDir.open_existing(Path(a.run_dir))
+    recorded = rundir.read_metrics()
+    method, scenario, cfg = load_run(a.run_dir, a.data_root, a.device)
+    last = len(recorded["accuracy"]) - 1
+    ctx = TrainContext(pick_device(a.device), scenario.augment, cfg.seed)
+    row = evaluate(method, scenario, last, ctx)
+    want = [v for v in recorded["accuracy"][last] if v is not None]
+    print("task  recorded  now")
+    for j, (w, g) in enumerate(zip(want, row.top1)):
+        print(f"{j + 1:>4}  {w * 100:7.2f}  {g * 100:6.2f}")
+    same = all(abs(w - g) < 1e-9 for w, g in zip(want, row.top1))
+    print(f"reproduces the recorded row {last + 1}: {'yes' if same else 'NO'}")
+    return 0 if same else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        a = _parser().parse_args(argv)
+        return {"run": cmd_run, "list": cmd_list, "show": cmd_show, "eval": cmd_eval}[a.command](a)
+    except LifelongError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; finished tasks are checkpointed, continue with --resume --out DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

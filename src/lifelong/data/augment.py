@@ -1,0 +1,106 @@
+"""Batched augmentation on the training device.
+
+A per-sample PIL pipeline in DataLoader workers is the usual bottleneck for small
+images; here one batch of uint8 images is cropped, flipped and normalised with a
+handful of tensor ops (``bench/data_pipeline.py`` measures the difference).
+Random numbers come from an explicit CPU ``torch.Generator`` so that runs are
+reproducible on any device and resumable from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """What a scenario's images need: train-time augmentation and normalisation.
+
+    ``size`` is the network's input size; stored images larger than it are
+    centre-cropped at test time (e.g. stored 256, fed 224, as ImageNet protocols).
+    """
+
+    size: int
+    crop_padding: int = 0  # RandomCrop(size, padding) as CIFAR protocols
+    flip: bool = False
+    random_resized_crop: bool = False  # for large images: scale (0.08, 1), ratio (3/4, 4/3)
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+
+
+def _normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if h == size and w == size:
+        return x
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+def random_crop(x: torch.Tensor, size: int, padding: int, gen: torch.Generator) -> torch.Tensor:
+    """RandomCrop(size, padding) with zero padding, an independent offset per image."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    dy = torch.randint(0, h + 2 * padding - size + 1, (n,), generator=gen).to(x.device)
+    dx = torch.randint(0, w + 2 * padding - size + 1, (n,), generator=gen).to(x.device)
+    ar = torch.arange(size, device=x.device)
+    rows = (dy[:, None] + ar)[:, None, :, None]  # (n,1,size,1)
+    cols = (dx[:, None] + ar)[:, None, None, :]  # (n,1,1,size)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(3), x)
+
+
+def random_resized_crop(x: torch.Tensor, size: int, gen: torch.Generator, flip: bool) -> torch.Tensor:
+    """RandomResizedCrop(size) (and optional flip) as one batched affine resample."""
+    n = x.shape[0]
+    area = torch.empty(n).uniform_(0.08, 1.0, generator=gen)
+    log_ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen)
+    ratio = torch.exp(log_ratio)
+    sw = torch.sqrt(area * ratio).clamp(max=1.0)  # crop width / image width
+    sh = torch.sqrt(area / ratio).clamp(max=1.0)
+    cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sw)
+    cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sh)
+    sign = torch.ones(n)
+    if flip:
+        sign = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = sw * sign
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = sh
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta.to(x.device, x.dtype), [n, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def train_batch(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator, mean=None, std=None) -> torch.Tensor:
+    """uint8 (N,C,H,W) on the device -> augmented, normalised float32."""
+    x = x.float().div_(255.0)
+    if spec.random_resized_crop:
+        x = random_resized_crop(x, spec.size, gen, spec.flip)
+    else:
+        if spec.crop_padding or x.shape[-1] != spec.size or x.shape[-2] != spec.size:
+            x = random_crop(x, spec.size, spec.crop_padding, gen)
+        if spec.flip:
+            x = random_flip(x, gen)
+    return _normalise(x, mean or spec.mean, std or spec.std)
+
+
+def test_batch(x: torch.Tensor, spec: AugmentSpec, mean=None, std=None) -> torch.Tensor:
+    """uint8 (N,C,H,W) -> centre-cropped, normalised float32."""
+    x = _center_crop(x.float().div_(255.0), spec.size)
+    return _normalise(x, mean or spec.mean, std or spec.std)

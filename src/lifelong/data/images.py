@@ -1,0 +1,133 @@
+"""Image folders and ``path label`` list files, decoded once into a cached uint8 array.
+
+JPEG decoding dominates an epoch over a folder of photos, so we decode every
+image once at a chosen size (shorter side resized, centre crop, square) into a
+``.npy`` file and memory-map it afterwards. The cache key hashes the relative
+paths, byte sizes and modification times of the source files plus the size, so
+any change to the source makes a new cache entry (hashing every byte of an
+ImageNet copy would cost as much as decoding it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+from .imageset import ImageSet
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LIFELONG_CACHE", Path.home() / ".cache" / "lifelong"))
+
+
+def scan_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """``root/<class>/<image>``: files, labels (sorted class-name order, as ImageFolder) and class names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist; expected {root}/<class>/<image files>")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        for f in sorted((root / name).rglob("*")):
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+                files.append(f)
+                labels.append(label)
+    if not files:
+        raise DataError(f"no images found under {root}; expected {root}/<class>/<image files> "
+                        f"with suffixes {', '.join(sorted(IMAGE_SUFFIXES))}")
+    return files, labels, classes
+
+
+def read_list_file(list_file: Path, image_root: Path) -> tuple[list[Path], list[int]]:
+    """A ``relative/path label`` list (BiC's ImageNet lists); paths relative to ``image_root``."""
+    if not Path(list_file).is_file():
+        raise DataError(f"list file {list_file} not found; expected lines of '<relative/path> <label>'")
+    files, labels = [], []
+    for n, line in enumerate(Path(list_file).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
+            raise DataError(f"{list_file}:{n}: expected '<relative/path> <label>' with a label >= 0, got {line.strip()!r}")
+        files.append(Path(image_root) / parts[0])
+        labels.append(int(parts[1]))
+    if not files:
+        raise DataError(f"list file {list_file} has no entries")
+    return files, labels
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            scale = size / min(w, h)
+            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+            w, h = im.size
+            left, top = (w - size) // 2, (h - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    except FileNotFoundError:
+        raise DataError(f"image {path} not found") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot decode image {path}: {exc}") from None
+
+
+def _cache_key(files: list[Path], size: int) -> str:
+    h = hashlib.sha256(f"v1 size={size}\n".encode())
+    for f in files:
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            raise DataError(f"image {f} not found") from None
+        h.update(f"{f}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def decode_cached(files: list[Path], size: int, cache_dir: Path | None = None, workers: int = 8) -> np.ndarray:
+    """All ``files`` as one (N, 3, size, size) uint8 array, memory-mapped from the cache."""
+    cache_dir = Path(cache_dir or default_cache_dir())
+    path = cache_dir / f"images-{_cache_key(files, size)}.npy"
+    if path.is_file():
+        try:
+            arr = np.load(path, mmap_mode="r")
+            if arr.shape == (len(files), 3, size, size) and arr.dtype == np.uint8:
+                return arr
+        except (ValueError, OSError):
+            pass  # a damaged cache entry is rebuilt below
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    out = np.empty((len(files), 3, size, size), dtype=np.uint8)
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
+        for i, img in enumerate(pool.map(lambda f: _decode(f, size), files)):
+            out[i] = img
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, out)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache entry
+    return np.load(path, mmap_mode="r")
+
+
+def load_folder(root: Path, size: int, cache_dir: Path | None = None) -> ImageSet:
+    files, labels, classes = scan_folder(root)
+    images = decode_cached(files, size, cache_dir)
+    return ImageSet(images, torch.as_tensor(labels, dtype=torch.long), class_names=classes)
+
+
+def load_list(list_file: Path, image_root: Path, size: int, class_names: list[str] | None = None,
+              cache_dir: Path | None = None) -> ImageSet:
+    files, labels = read_list_file(list_file, image_root)
+    images = decode_cached(files, size, cache_dir)
+    n = max(labels) + 1
+    names = class_names or [str(i) for i in range(n)]
+    if len(names) < n:
+        raise DataError(f"{list_file} has label {n - 1} but only {len(names)} class names")
+    return ImageSet(images, torch.as_tensor(labels, dtype=torch.long), class_names=names)

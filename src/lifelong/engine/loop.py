@@ -1,0 +1,226 @@
+"""The one training loop. Methods describe a ``Phase`` and customise it through hooks.
+
+A method's ``fit_task`` calls ``ctx.fit(phase)`` once per stage it needs (CPG:
+finetune, prune steps, retrain; BiC: stage 1, then the bias layer on validation
+exemplars); no method writes its own epoch loop. Hooks:
+
+- ``loss(batch) -> StepOutput``: the forward pass and the loss (extra terms such as
+  distillation live here);
+- ``after_backward()``: gradient masking (weights owned by earlier tasks);
+- ``after_step()``: re-zeroing pruned weights, clamping, ownership checks;
+- ``on_epoch_end(epoch, stats) -> bool | None``: per-epoch callbacks; True stops the phase;
+- ``train_mode()``: set module modes (e.g. BatchNorm kept in eval by Piggyback).
+
+The loop never calls ``.item()`` inside an epoch (no device sync per step).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from ..data import augment
+from ..data.augment import AugmentSpec
+from ..data.imageset import ImageSet
+from .optim import OptimConfig, Schedule, build_optimizer
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # augmented, normalised float images on the device
+    y: torch.Tensor  # labels on the device
+    task: torch.Tensor | None  # per-sample task ids on the device (joint multi-task data), else None
+    index: torch.Tensor  # positions in the phase's ImageSet (CPU), e.g. to look up stored targets
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    logits: torch.Tensor | None = None  # for running train accuracy (argmax vs batch.y)
+
+
+@dataclass
+class EpochStats:
+    phase: str
+    epoch: int
+    loss: float
+    accuracy: float | None
+    lr: float
+    seconds: float
+    samples_per_s: float
+
+
+@dataclass
+class Phase:
+    name: str
+    data: ImageSet
+    params: Iterable[Any]  # parameters or param-group dicts
+    epochs: int
+    optim: OptimConfig
+    loss: Callable[[Batch], StepOutput]
+    batch_size: int = 128
+    after_backward: Callable[[], None] | None = None
+    after_step: Callable[[], None] | None = None
+    on_epoch_end: Callable[[int, EpochStats], bool | None] | None = None
+    train_mode: Callable[[], None] | None = None
+    modules: list[torch.nn.Module] = field(default_factory=list)  # put in train mode unless train_mode is given
+    mean: tuple[float, ...] | None = None  # normalisation (default: the scenario's)
+    std: tuple[float, ...] | None = None
+    augment: bool = True
+    monitor: Callable[[], float] | None = None  # plateau schedule: a value to minimise (default: train loss)
+
+
+def batch_indices(n: int, batch_size: int, shuffle: bool, gen: torch.Generator | None) -> list[torch.Tensor]:
+    """The one place batches are drawn (a distributed sampler shards these later)."""
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    return list(order.split(batch_size))
+
+
+class TrainContext:
+    """What ``fit_task`` receives: device, precision, the loop, evaluation helpers, seeded RNGs.
+
+    A method never picks a device, writes files or parses arguments; everything it
+    needs from the run comes through here.
+    """
+
+    def __init__(self, device: torch.device, augment_spec: AugmentSpec, seed: int = 0, precision: str = "32",
+                 epoch_log: Callable[[dict], None] | None = None, progress: bool = False) -> None:
+        self.device = device
+        self.augment_spec = augment_spec
+        self.seed = seed
+        self.precision = precision
+        self.epoch_log = epoch_log
+        self.progress = progress
+        self.task_id = 0
+        self._phase_counter = 0
+        self.task_mean: tuple[float, ...] | None = None
+        self.task_std: tuple[float, ...] | None = None
+
+    # ------------------------------------------------------------------ RNG
+    def start_task(self, task_id: int, mean=None, std=None) -> None:
+        self.task_id = task_id
+        self._phase_counter = 0
+        self.task_mean, self.task_std = mean, std
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        """A CPU generator seeded from (run seed, task, phase count, salt): independent of
+        everything that ran before, so a resumed run draws the same numbers."""
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + self.task_id * 10_007 + self._phase_counter * 101 + salt) % (2**63))
+        return g
+
+    # ------------------------------------------------------------------ data
+    def _autocast(self):
+        if self.device.type == "cuda" and self.precision in ("bf16", "16"):
+            return torch.autocast("cuda", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        return torch.autocast(self.device.type, enabled=False)
+
+    def iterate(self, data: ImageSet, batch_size: int, train: bool, gen: torch.Generator | None = None,
+                mean=None, std=None, do_augment: bool = True) -> Iterator[Batch]:
+        """Batches of device tensors; augmented when ``train`` (needs ``gen``), else test-transformed."""
+        mean = mean or self.task_mean
+        std = std or self.task_std
+        non_blocking = self.device.type == "cuda"
+        tasks = data.tasks
+        for idx in batch_indices(len(data), batch_size, shuffle=train, gen=gen):
+            x = data.batch_images(idx)
+            if non_blocking:
+                x = x.pin_memory()
+            x = x.to(self.device, non_blocking=non_blocking)
+            if train and do_augment:
+                x = augment.train_batch(x, self.augment_spec, gen, mean, std)  # type: ignore[arg-type]
+            else:
+                x = augment.test_batch(x, self.augment_spec, mean, std)
+            y = data.labels[idx].to(self.device, non_blocking=non_blocking)
+            t = None if tasks is None else tasks[idx].to(self.device, non_blocking=non_blocking)
+            yield Batch(x, y, t, idx)
+
+    @torch.no_grad()
+    def outputs(self, fn: Callable[[torch.Tensor], torch.Tensor], data: ImageSet, batch_size: int = 256,
+                mean=None, std=None) -> torch.Tensor:
+        """``fn`` (e.g. logits for one task, or features) over a whole set, test-transformed, on the CPU."""
+        outs = []
+        with self._autocast():
+            for b in self.iterate(data, batch_size, train=False, mean=mean, std=std):
+                outs.append(fn(b.x).float().cpu())
+        return torch.cat(outs) if outs else torch.zeros(0)
+
+    def accuracy(self, fn: Callable[[torch.Tensor], torch.Tensor], data: ImageSet, mean=None, std=None) -> float:
+        if len(data) == 0:
+            return float("nan")
+        logits = self.outputs(fn, data, mean=mean, std=std)
+        return (logits.argmax(1) == data.labels).float().mean().item()
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, phase: Phase) -> list[EpochStats]:
+        """Train ``phase.epochs`` epochs over ``phase.data``; returns per-epoch statistics."""
+        self._phase_counter += 1
+        gen = self.generator()
+        history: list[EpochStats] = []
+        if phase.epochs <= 0 or len(phase.data) == 0:
+            return history
+        params = list(phase.params)
+        optimizer = build_optimizer(params, phase.optim)
+        schedule = Schedule(optimizer, phase.optim, phase.epochs)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and self.precision == "16")
+        for epoch in range(phase.epochs):
+            if phase.train_mode is not None:
+                phase.train_mode()
+            else:
+                for m in phase.modules:
+                    m.train()
+            start = time.perf_counter()
+            loss_sum = torch.zeros((), device=self.device)
+            correct = torch.zeros((), device=self.device, dtype=torch.long)
+            seen = 0
+            counted = 0
+            batches = self.iterate(phase.data, phase.batch_size, True, gen, phase.mean, phase.std, phase.augment)
+            bar = self._bar(phase, epoch)
+            for batch in batches:
+                optimizer.zero_grad(set_to_none=True)
+                with self._autocast():
+                    out = phase.loss(batch)
+                scaler.scale(out.loss).backward()
+                if phase.after_backward is not None:
+                    if scaler.is_enabled():
+                        scaler.unscale_(optimizer)
+                    phase.after_backward()
+                scaler.step(optimizer)
+                scaler.update()
+                if phase.after_step is not None:
+                    phase.after_step()
+                n = len(batch.y)
+                loss_sum += out.loss.detach() * n
+                if out.logits is not None:
+                    correct += (out.logits.detach().argmax(1) == batch.y).sum()
+                    counted += n
+                seen += n
+                if bar is not None:
+                    bar.update(n)
+            seconds = time.perf_counter() - start
+            loss = (loss_sum / max(1, seen)).item()
+            stats = EpochStats(phase.name, epoch + 1, loss, (correct.item() / counted) if counted else None,
+                               optimizer.param_groups[0]["lr"], seconds, seen / max(seconds, 1e-9))
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", acc="-" if stats.accuracy is None else f"{stats.accuracy:.3f}",
+                                sps=f"{stats.samples_per_s:.0f}")
+                bar.close()
+            history.append(stats)
+            if self.epoch_log is not None:
+                self.epoch_log({"task": self.task_id + 1, **stats.__dict__})
+            stop = phase.on_epoch_end(epoch + 1, stats) if phase.on_epoch_end is not None else None
+            keep_going = schedule.step(phase.monitor() if phase.monitor is not None else loss)
+            if stop or not keep_going:
+                break
+        return history
+
+    def _bar(self, phase: Phase, epoch: int):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=len(phase.data), desc=f"task {self.task_id + 1} {phase.name} {epoch + 1}/{phase.epochs}",
+                    unit="img", leave=False, dynamic_ncols=True)

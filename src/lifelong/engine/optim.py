@@ -1,0 +1,81 @@
+"""Optimizer and learning-rate schedule factories shared by every method.
+
+Methods describe *what* (``OptimConfig``); the loop builds the objects. Weight decay
+is applied only to the parameter groups a method passes, so isolation methods can
+keep it off weights owned by earlier tasks (cpg.md pitfall 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+
+from ..errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("none", "multistep", "cosine", "plateau")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "multistep"
+    milestones: list[int] = field(default_factory=list)  # epochs at which lr *= gamma
+    gamma: float = 0.1
+    patience: int = 10  # plateau: epochs without improvement before a decay
+    max_decays: int | None = None  # plateau: stop the phase after this many decays (cpg.md 4.8)
+
+
+def build_optimizer(params: Iterable[Any], cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+
+
+class Schedule:
+    """Epoch-level learning-rate schedule; ``step(metric)`` after each epoch returns False to stop early."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int) -> None:
+        self.cfg = cfg
+        self.decays = 0
+        self.best = float("inf")
+        self.bad_epochs = 0
+        if cfg.schedule == "multistep":
+            self.inner: Any = torch.optim.lr_scheduler.MultiStepLR(optimizer, sorted(cfg.milestones), cfg.gamma)
+        elif cfg.schedule == "cosine":
+            self.inner = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs))
+        elif cfg.schedule in ("none", "plateau"):
+            self.inner = None
+        else:
+            raise ConfigError(f"unknown schedule {cfg.schedule!r}; use one of {', '.join(SCHEDULES)}")
+        self.optimizer = optimizer
+
+    def step(self, metric: float) -> bool:
+        """Advance one epoch. ``metric`` is minimised (plateau). Returns whether to continue."""
+        if self.inner is not None:
+            self.inner.step()
+            return True
+        if self.cfg.schedule != "plateau":
+            return True
+        if metric < self.best - 1e-12:
+            self.best, self.bad_epochs = metric, 0
+            return True
+        self.bad_epochs += 1
+        if self.bad_epochs > self.cfg.patience:
+            self.bad_epochs = 0
+            self.decays += 1
+            if self.cfg.max_decays is not None and self.decays > self.cfg.max_decays:
+                return False
+            for g in self.optimizer.param_groups:
+                g["lr"] *= self.cfg.gamma
+        return True

@@ -1,0 +1,230 @@
+"""The job: build the scenario and method, train task by task, evaluate, checkpoint, report.
+
+``run_job`` is what ``lifelong run`` and ``lifelong.run`` both call.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..config import RunConfig, from_dict
+from ..data.benchmarks import build_scenario
+from ..data.scenario import Scenario
+from ..errors import CheckpointError, ConfigError
+from ..methods.base import Method, TaskMeta
+from ..methods.registry import method_class
+from ..nn.backbones import build_backbone
+from . import metrics as M
+from .checkpoint import rng_state, set_rng_state
+from .device import check_precision, pick_device, seed_everything
+from .evaluate import Row, evaluate, probe_outputs
+from .loop import TrainContext
+from .rundir import RunDir
+
+
+@dataclass
+class Result:
+    """What a finished (or resumed) run produced; the same numbers as ``metrics.json``."""
+
+    run_dir: Path
+    accuracy: list[list[float | None]]
+    average_accuracy: float
+    average_incremental_accuracy: float
+    forgetting: list[float | None]
+    average_forgetting: float | None
+    footprint: dict[str, Any]
+    metrics: dict[str, Any] = field(repr=False, default_factory=dict)
+    method: Method | None = field(repr=False, default=None)
+    scenario: Scenario | None = field(repr=False, default=None)
+
+
+def default_out(cfg: RunConfig) -> Path:
+    return Path("runs") / f"{cfg.method}-{cfg.benchmark}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def build_method(cfg: RunConfig, scenario: Scenario, device: torch.device) -> Method:
+    cls = method_class(cfg.method)
+
+    def make_backbone() -> torch.nn.Module:
+        return build_backbone(cfg.backbone, scenario.in_channels, scenario.augment.size).to(device)
+
+    return cls(cfg.hparams, cfg.setting, make_backbone).to(device)
+
+
+def scenario_for(cfg: RunConfig) -> Scenario:
+    cls = method_class(cfg.method)
+    return build_scenario(cfg.benchmark, cfg.setting, cfg.benchmark_options, Path(cfg.data_root) if cfg.data_root else None,
+                          cls.val_fraction)
+
+
+def _clean(x: Any) -> Any:
+    """NaN (an empty split) becomes null in JSON."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, list):
+        return [_clean(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    return x
+
+
+class _Record:
+    """Metrics accumulated task by task; lives in checkpoints so a resumed run continues it."""
+
+    def __init__(self, n_tasks: int) -> None:
+        self.n = n_tasks
+        self.rows: list[list[float | None]] = []
+        self.top5: list[list[float | None]] = []
+        self.seen: list[float] = []
+        self.seen_top5: list[float] = []
+        self.variants: dict[str, list[list[float | None]]] = {}
+        self.variants_seen: dict[str, list[float]] = {}
+        self.infos: list[dict[str, Any]] = []
+        self.times: list[float] = []
+        self.probes: list[torch.Tensor] = []
+        self.unforgetting: bool | None = None
+
+    def pad(self, row: list[float]) -> list[float | None]:
+        return list(row) + [None] * (self.n - len(row))
+
+    def add(self, row: Row, info: dict[str, Any], seconds: float) -> None:
+        self.rows.append(self.pad(row.top1))
+        self.top5.append(self.pad(row.top5))
+        self.seen.append(row.seen_top1)
+        self.seen_top5.append(row.seen_top5)
+        for name, vals in row.variants.items():
+            self.variants.setdefault(name, []).append(self.pad(vals))
+            self.variants_seen.setdefault(name, []).append(row.variants_seen[name])
+        self.infos.append(info)
+        self.times.append(seconds)
+
+    def state(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+    @staticmethod
+    def from_state(state: dict[str, Any]) -> "_Record":
+        r = _Record(state["n"])
+        r.__dict__.update(state)
+        return r
+
+
+def metrics_json(cfg: RunConfig, scenario: Scenario, rec: _Record, method: Method) -> dict[str, Any]:
+    R = rec.rows
+    summary = M.summarise(R, rec.seen)
+    out: dict[str, Any] = {
+        "method": cfg.method,
+        "benchmark": cfg.benchmark,
+        "setting": cfg.setting,
+        "seed": cfg.seed,
+        "tasks": [{"name": t.name, "classes": t.class_names, "info": rec.infos[i] if i < len(rec.infos) else None}
+                  for i, t in enumerate(scenario.tasks)],
+        "accuracy": R,
+        "top5": rec.top5 if cfg.setting == "class" else None,
+        **summary,
+        "seen_accuracy": rec.seen,
+        "footprint": method.footprint().to_dict(),
+        "memory": {"size": method.memory_size()},
+        "time_s": rec.times,
+        "tasks_completed": len(R),
+    }
+    if cfg.setting == "class":
+        out["average_incremental_top5"] = M.average_incremental_accuracy(rec.seen_top5)
+    if rec.variants:
+        out["variants"] = {
+            name: {"accuracy": rows, "seen_accuracy": rec.variants_seen[name],
+                   "average_accuracy": M.average_accuracy(rows),
+                   "average_incremental_accuracy": M.average_incremental_accuracy(rec.variants_seen[name])}
+            for name, rows in rec.variants.items()
+        }
+    if method.guarantees_unforgetting:
+        out["unforgetting_verified"] = rec.unforgetting
+    return _clean(out)
+
+
+def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo: Callable[[str], None] | None = None,
+            progress: bool = False, stop_after: int | None = None) -> Result:
+    """Train ``cfg.method`` on every task of ``cfg.benchmark``; see the README's "Output folder"."""
+    say = echo or (lambda s: None)
+    if resume:
+        if out is None:
+            raise ConfigError("--resume needs --out DIR, the run folder to continue")
+        rundir = RunDir.open_existing(out)
+        ckpt = rundir.latest_checkpoint()
+        if ckpt is None:
+            raise CheckpointError(f"{out} has no checkpoint to resume from; start it again without --resume")
+        saved = from_dict(ckpt["config"])
+        saved.device, saved.precision = cfg.device, cfg.precision  # where to continue is the user's choice
+        cfg = saved
+    else:
+        out = Path(out) if out else default_out(cfg)
+        if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()) or (out / "metrics.json").exists():
+            raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        rundir = RunDir(out)
+        ckpt = None
+    cfg.out = str(out)
+    device = pick_device(cfg.device)
+    check_precision(cfg.precision, device)
+    seed_everything(cfg.seed)
+    scenario = scenario_for(cfg)
+    method = build_method(cfg, scenario, device)
+    log_rows: list[dict[str, Any]] = rundir.read_log() if resume else []
+    ctx = TrainContext(device, scenario.augment, cfg.seed, cfg.precision, log_rows.append, progress)
+    rec = _Record(len(scenario))
+    start = 0
+    if ckpt is not None:
+        method.rebuild(ckpt["structure"])
+        try:
+            method.load_state_dict(ckpt["state"])
+        except (RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint in {out} does not fit method {cfg.method}: {str(exc).splitlines()[0]}") from None
+        method.to(device)
+        rec = _Record.from_state(ckpt["record"])
+        start = ckpt["task"] + 1
+        log_rows[:] = [r for r in log_rows if int(r["task"]) <= start]
+        for t in scenario.tasks[:start]:
+            method.on_resume(t)
+        set_rng_state(ckpt["rng"])
+        say(f"resuming {out} after task {start}/{len(scenario)}")
+    rundir.create()
+    rundir.write_config(cfg.to_dict())
+
+    for i in range(start, len(scenario)):
+        task = scenario.tasks[i]
+        ctx.start_task(i, task.mean, task.std)
+        method.begin_task(TaskMeta.of(task))
+        method.to(device)
+        t0 = time.perf_counter()
+        info = method.fit_task(task, ctx) or {}
+        seconds = time.perf_counter() - t0
+        row = evaluate(method, scenario, i, ctx)
+        if method.guarantees_unforgetting:
+            ok = all(torch.equal(probe_outputs(method, scenario, j, ctx), rec.probes[j]) for j in range(len(rec.probes)))
+            rec.unforgetting = ok if rec.unforgetting is None else (rec.unforgetting and ok)
+            rec.probes.append(probe_outputs(method, scenario, i, ctx))
+        rec.add(row, info, seconds)
+        metrics = metrics_json(cfg, scenario, rec, method)
+        rundir.write_metrics(metrics)
+        rundir.write_log(log_rows)
+        rundir.save_checkpoint(i, {"config": cfg.to_dict(), "task": i, "structure": method.structure(),
+                                   "state": method.state_dict(), "rng": rng_state(), "record": rec.state()}, cfg.keep)
+        seen = f" seen {row.seen_top1:.3f}" if cfg.setting == "class" else ""
+        say(f"task {i + 1}/{len(scenario)} {task.name}: acc {row.top1[-1]:.3f}{seen} avg {metrics['average_accuracy']:.3f} "
+            f"({seconds:.1f}s)")
+        if stop_after is not None and i + 1 >= stop_after:
+            break
+
+    metrics = metrics_json(cfg, scenario, rec, method)
+    if rundir.writable:
+        from ..report.plots import accuracy_heatmap
+
+        accuracy_heatmap(rec.rows, [t.name for t in scenario.tasks], rundir.path / "accuracy.png",
+                         f"{cfg.method} on {cfg.benchmark} ({cfg.setting}-incremental)")
+    return Result(rundir.path, metrics["accuracy"], metrics["average_accuracy"], metrics["average_incremental_accuracy"],
+                  metrics["forgetting"], metrics["average_forgetting"], metrics["footprint"], metrics, method, scenario)

@@ -1,0 +1,23 @@
+"""User-facing errors. The CLI prints ``error: <message>`` and exits with status 2.
+
+Every message names the thing that is wrong and how to fix it; code raising these
+never needs a traceback to be understood.
+"""
+
+from __future__ import annotations
+
+
+class LifelongError(Exception):
+    """Base class of every error caused by the user's input rather than a bug."""
+
+
+class DataError(LifelongError):
+    """Missing, malformed or unsafe dataset files."""
+
+
+class ConfigError(LifelongError):
+    """Unknown names, bad values, settings a method does not support."""
+
+
+class CheckpointError(LifelongError):
+    """A run folder or checkpoint that is missing, foreign or damaged."""
