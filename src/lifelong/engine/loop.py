@@ -70,7 +70,11 @@ class Phase:
     mean: tuple[float, ...] | None = None  # normalisation (default: the scenario's)
     std: tuple[float, ...] | None = None
     augment: bool = True
+    shuffle: bool = True  # False: batches in data order (BiC's original bias-correction stage)
     monitor: Callable[[], float] | None = None  # plateau schedule: a value to minimise (default: train loss)
+    # Further (params, optim) pairs, each with its own optimiser and schedule, stepped with the main one
+    # (CPG/Piggyback: SGD on weights plus Adam on picking masks in one pass over the data).
+    extra_optims: list[tuple[Iterable[Any], OptimConfig]] = field(default_factory=list)
 
 
 def batch_indices(n: int, batch_size: int, shuffle: bool, gen: torch.Generator | None) -> list[torch.Tensor]:
@@ -98,6 +102,7 @@ class TrainContext:
         self._phase_counter = 0
         self.task_mean: tuple[float, ...] | None = None
         self.task_std: tuple[float, ...] | None = None
+        self.num_tasks: int | None = None  # length of the stream when known (set by the runner)
 
     # ------------------------------------------------------------------ RNG
     def start_task(self, task_id: int, mean=None, std=None) -> None:
@@ -119,13 +124,13 @@ class TrainContext:
         return torch.autocast(self.device.type, enabled=False)
 
     def iterate(self, data: ImageSet, batch_size: int, train: bool, gen: torch.Generator | None = None,
-                mean=None, std=None, do_augment: bool = True) -> Iterator[Batch]:
+                mean=None, std=None, do_augment: bool = True, shuffle: bool | None = None) -> Iterator[Batch]:
         """Batches of device tensors; augmented when ``train`` (needs ``gen``), else test-transformed."""
         mean = mean or self.task_mean
         std = std or self.task_std
         non_blocking = self.device.type == "cuda"
         tasks = data.tasks
-        for idx in batch_indices(len(data), batch_size, shuffle=train, gen=gen):
+        for idx in batch_indices(len(data), batch_size, shuffle=train if shuffle is None else shuffle, gen=gen):
             x = data.batch_images(idx)
             if non_blocking:
                 x = x.pin_memory()
@@ -133,7 +138,7 @@ class TrainContext:
             if train and do_augment:
                 x = augment.train_batch(x, self.augment_spec, gen, mean, std)  # type: ignore[arg-type]
             else:
-                x = augment.test_batch(x, self.augment_spec, mean, std)
+                x = augment.eval_batch(x, self.augment_spec, mean, std)
             y = data.labels[idx].to(self.device, non_blocking=non_blocking)
             t = None if tasks is None else tasks[idx].to(self.device, non_blocking=non_blocking)
             yield Batch(x, y, t, idx)
@@ -165,6 +170,10 @@ class TrainContext:
         params = list(phase.params)
         optimizer = build_optimizer(params, phase.optim)
         schedule = Schedule(optimizer, phase.optim, phase.epochs)
+        extra = [(opt, Schedule(opt, cfg, phase.epochs))
+                 for opt, cfg in ((build_optimizer(list(p), c), c) for p, c in phase.extra_optims)]
+        optimizers = [optimizer] + [opt for opt, _ in extra]
+        amp = self.device.type == "cuda" and self.precision in ("bf16", "16")
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and self.precision == "16")
         for epoch in range(phase.epochs):
             if phase.train_mode is not None:
@@ -177,19 +186,32 @@ class TrainContext:
             correct = torch.zeros((), device=self.device, dtype=torch.long)
             seen = 0
             counted = 0
-            batches = self.iterate(phase.data, phase.batch_size, True, gen, phase.mean, phase.std, phase.augment)
+            batches = self.iterate(phase.data, phase.batch_size, True, gen, phase.mean, phase.std, phase.augment,
+                                   phase.shuffle)
             bar = self._bar(phase, epoch)
             for batch in batches:
-                optimizer.zero_grad(set_to_none=True)
-                with self._autocast():
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                if amp:
+                    with self._autocast():
+                        out = phase.loss(batch)
+                else:
                     out = phase.loss(batch)
-                scaler.scale(out.loss).backward()
-                if phase.after_backward is not None:
-                    if scaler.is_enabled():
-                        scaler.unscale_(optimizer)
-                    phase.after_backward()
-                scaler.step(optimizer)
-                scaler.update()
+                if scaler.is_enabled():
+                    scaler.scale(out.loss).backward()
+                    for opt in optimizers:
+                        scaler.unscale_(opt)  # hooks see true gradients
+                    if phase.after_backward is not None:
+                        phase.after_backward()
+                    for opt in optimizers:
+                        scaler.step(opt)
+                    scaler.update()
+                else:  # the plain path: no scaler bookkeeping per step
+                    out.loss.backward()
+                    if phase.after_backward is not None:
+                        phase.after_backward()
+                    for opt in optimizers:
+                        opt.step()
                 if phase.after_step is not None:
                     phase.after_step()
                 n = len(batch.y)
@@ -213,6 +235,8 @@ class TrainContext:
                 self.epoch_log({"task": self.task_id + 1, **stats.__dict__})
             stop = phase.on_epoch_end(epoch + 1, stats) if phase.on_epoch_end is not None else None
             keep_going = schedule.step(phase.monitor() if phase.monitor is not None else loss)
+            for _, extra_schedule in extra:
+                extra_schedule.step(loss)
             if stop or not keep_going:
                 break
         return history
