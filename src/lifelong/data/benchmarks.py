@@ -202,7 +202,7 @@ def build_list(cfg: BenchmarkConfig, setting: str, data_root: Path | None, val: 
 def _root(data_root: Path | None, benchmark: str) -> Path:
     if data_root is None:
         raise DataError(f"benchmark {benchmark} reads files from disk: pass --data-root DIR (see README, 'Data preparation')")
-    return Path(data_root)
+    return Path(data_root).expanduser()
 
 
 BENCHMARKS: dict[str, Benchmark] = {

@@ -222,13 +222,17 @@ class TrainContext:
                 seen += n
                 if bar is not None:
                     bar.update(n)
+                    steps = bar.n // max(1, phase.batch_size)
+                    if steps % 10 == 1:  # a device sync only every 10 steps, and only with a bar shown
+                        bar.set_postfix(loss=f"{(loss_sum / seen).item():.4f}",
+                                        acc="-" if not counted else f"{correct.item() / counted:.3f}")
             seconds = time.perf_counter() - start
             loss = (loss_sum / max(1, seen)).item()
             stats = EpochStats(phase.name, epoch + 1, loss, (correct.item() / counted) if counted else None,
                                optimizer.param_groups[0]["lr"], seconds, seen / max(seconds, 1e-9))
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4f}", acc="-" if stats.accuracy is None else f"{stats.accuracy:.3f}",
-                                sps=f"{stats.samples_per_s:.0f}")
+                                img_s=f"{stats.samples_per_s:.0f}")
                 bar.close()
             history.append(stats)
             if self.epoch_log is not None:
@@ -247,4 +251,4 @@ class TrainContext:
         from tqdm import tqdm
 
         return tqdm(total=len(phase.data), desc=f"task {self.task_id + 1} {phase.name} {epoch + 1}/{phase.epochs}",
-                    unit="img", leave=False, dynamic_ncols=True)
+                    unit="img", leave=False, dynamic_ncols=True, unit_scale=True, disable=None)
