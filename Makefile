@@ -18,7 +18,7 @@ $(BIN)/lifelong: pyproject.toml
 setup: $(BIN)/lifelong
 
 demo: setup
-	$(BIN)/lifelong run --method joint --benchmark digits --out runs/demo $(ARGS)
+	$(BIN)/lifelong run --method joint --benchmark digits $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
