@@ -1,0 +1,66 @@
+"""Distillation and margin losses of the class-incremental methods, each checked by hand in the tests.
+
+| function | used by | spec |
+|---|---|---|
+| ``sigmoid_distillation`` | iCaRL (original) | Rebuffi et al. 2017, manets.md 4 (last bullet) |
+| ``kl_distillation`` | iCaRL (AANets code) | manets.md 4 |
+| ``soft_cross_entropy`` | BiC stage 1 | bic.md 3 |
+| ``less_forget`` | LUCIR | manets.md 5, L_LF |
+| ``margin_ranking`` | LUCIR | manets.md 5, L_MR |
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def sigmoid_distillation(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None) -> torch.Tensor:
+    """iCaRL's loss: binary cross-entropy of every seen-class output against one-hot labels, where the
+    old classes' targets are the old network's sigmoid outputs instead (classification and
+    distillation in one term), averaged over samples and classes as the Theano/TF code does.
+
+    ``logits``: (B, n_seen); ``teacher_logits``: (B, n_old) or None at the first step. The original
+    network has outputs for all 100 classes from the start (targets 0 for unseen classes); here the
+    head grows, so unseen classes take no part (a deviation with no effect on seen-class ranking).
+    """
+    targets = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    if teacher_logits is not None and teacher_logits.shape[1]:
+        n_old = teacher_logits.shape[1]
+        targets = torch.cat([torch.sigmoid(teacher_logits.detach()).to(logits.dtype), targets[:, n_old:]], dim=1)
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def kl_distillation(student_old: torch.Tensor, teacher_old: torch.Tensor, T: float) -> torch.Tensor:
+    """``T^2 * (1/B) sum_i KL(softmax(t_i/T) || softmax(s_i/T))`` (Hinton; the AANets/LUCIR iCaRL,
+    manets.md 4: ``KLDivLoss()`` x n_old is ``batchmean``)."""
+    log_p = F.log_softmax(student_old / T, dim=1)
+    q = F.softmax(teacher_old.detach() / T, dim=1)
+    return F.kl_div(log_p, q, reduction="batchmean") * (T * T)
+
+
+def soft_cross_entropy(student_old: torch.Tensor, teacher_old: torch.Tensor, T: float) -> torch.Tensor:
+    """``mean_b( - sum_k softmax(t/T)_k log softmax(s/T)_k )``, no ``T^2`` (BiC code, bic.md 3 and
+    pitfall 2); the softmax runs over classes (pitfall 3: avalanche's ran over the batch)."""
+    q = F.softmax(teacher_old.detach() / T, dim=1)
+    return -(q * F.log_softmax(student_old / T, dim=1)).sum(1).mean()
+
+
+def less_forget(features: torch.Tensor, ref_features: torch.Tensor) -> torch.Tensor:
+    """LUCIR's feature distillation ``mean_b (1 - cos(f(x), f_ref(x)))`` (``CosineEmbeddingLoss``
+    with target 1), reference detached."""
+    return (1.0 - F.cosine_similarity(features, ref_features.detach(), dim=1)).mean()
+
+
+def margin_ranking(cosines: torch.Tensor, labels: torch.Tensor, n_old: int, k: int, margin: float) -> torch.Tensor:
+    """LUCIR's inter-class separation: for every sample of an OLD class, its ground-truth unscaled
+    cosine ``c_y`` against the top-``k`` unscaled cosines of the NEW classes (columns ``n_old:``);
+    ``mean over (sample, k) of max(0, margin - c_y + c_k)``; zero when the batch has no old sample."""
+    old = labels < n_old
+    n_new = cosines.shape[1] - n_old
+    if n_old == 0 or n_new <= 0 or not bool(old.any()):
+        return cosines.sum() * 0.0
+    k = min(k, n_new)
+    gt = cosines[old].gather(1, labels[old][:, None])  # (b, 1)
+    hard = cosines[old, n_old:].topk(k, dim=1).values  # (b, k)
+    return F.relu(margin - gt + hard).mean()

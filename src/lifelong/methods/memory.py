@@ -1,0 +1,322 @@
+"""Exemplar memory for class-incremental replay (iCaRL, LUCIR, BiC).
+
+Three small pieces, shared by the replay methods:
+
+- a **budget policy** (``Budget``): a fixed total split evenly over the seen classes
+  (iCaRL/BiC's 2,000 on CIFAR-100, manets.md 1.3 "fixed") or a fixed number per class
+  (LUCIR's and the ImageNet presets' 20/class, manets.md 1.3 "dynamic");
+- a **selection strategy**: ``herding`` (iCaRL's greedy mean matching, manets.md 1.3 and
+  bic.md 1.2) or ``random_selection`` (the usual baseline);
+- the **store** (``ExemplarMemory``): uint8 images and labels as buffers whose size
+  changes from task to task; they travel in ``state_dict`` and load back whatever their
+  size (``ResizableBuffers``), and stay on the CPU where the loop reads batches.
+
+Also here: nearest-mean-of-exemplars helpers (class means, NME scores) and ``take``/``join``,
+which select and join rows of image sets without copying memory-mapped folders into RAM.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.imageset import ImageSet
+from ..errors import ConfigError
+
+BUDGETS = ("total", "per_class")
+SELECTIONS = ("herding", "random")
+
+
+# ---------------------------------------------------------------------------- budget
+@dataclass(frozen=True)
+class Budget:
+    """How many exemplars a class may keep once ``n`` classes have been seen.
+
+    ``total``: ``size`` images shared by all seen classes, ``floor(size / n)`` each, so the
+    budget is never exceeded (the AANets code uses ``ceil(2000 / n)``, which stores 2,040 at
+    60 classes, manets.md 1.3; iCaRL's ``m = K / t`` is the floor used here).
+    ``per_class``: ``size`` images per class; memory grows with the classes.
+    """
+
+    kind: str
+    size: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUDGETS:
+            raise ConfigError(f"budget {self.kind!r} is not one of {', '.join(BUDGETS)}")
+        if self.size < 0:
+            raise ConfigError(f"memory must be >= 0, got {self.size}")
+
+    def share(self, n_classes: int) -> float:
+        """The exact (possibly fractional) per-class share with ``n_classes`` seen."""
+        if self.kind == "per_class":
+            return float(self.size)
+        return self.size / max(1, n_classes)
+
+    def per_class(self, n_classes: int) -> int:
+        return int(math.floor(self.share(n_classes)))
+
+    def capacity(self, n_classes: int) -> int:
+        """The most images the memory may hold with ``n_classes`` seen."""
+        return self.size if self.kind == "total" else self.size * n_classes
+
+    def require(self, n_classes: int, at_least: int = 1, who: str = "") -> None:
+        """Raise a ``ConfigError`` when a class would get fewer than ``at_least`` exemplars."""
+        if self.per_class(n_classes) < at_least:
+            raise ConfigError(
+                f"{who + ': ' if who else ''}memory {self.size} ({self.kind}) leaves "
+                f"{self.per_class(n_classes)} exemplar(s) per class for {n_classes} classes; "
+                f"it needs at least {at_least} per class (raise --memory)")
+
+
+# ---------------------------------------------------------------------------- selection
+def herding(features: torch.Tensor, m: int, normalize: bool = True) -> torch.Tensor:
+    """Greedy mean matching (iCaRL Alg. 4): the k-th pick minimises ``||mu - (S + f_x) / k||``,
+    ``S`` the sum of the previous picks, over samples not yet picked. Returns indices in pick order.
+
+    ``normalize``: L2-normalise features first (iCaRL, manets.md 1.3; with unit features this is
+    the AANets code's ``argmax <w, f>``, ``w += mu - f`` rule); BiC's code herds raw features
+    (bic.md 1.2). Unlike the AANets code, a sample is never picked twice (that code re-picks and
+    silently skips, so it can stop short of the quota).
+    """
+    n = features.shape[0]
+    m = min(int(m), n)
+    if m <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    f = features.detach().to(torch.float64).cpu()
+    if normalize:
+        f = F.normalize(f, dim=1)
+    mu = f.mean(0)
+    running = torch.zeros_like(mu)
+    free = torch.ones(n, dtype=torch.bool)
+    picks: list[int] = []
+    for k in range(1, m + 1):
+        dist = ((mu[None] - (running[None] + f) / k) ** 2).sum(1)
+        dist[~free] = float("inf")
+        i = int(torch.argmin(dist))
+        picks.append(i)
+        free[i] = False
+        running += f[i]
+    return torch.tensor(picks, dtype=torch.long)
+
+
+def random_selection(n: int, m: int, gen: torch.Generator) -> torch.Tensor:
+    """``m`` distinct indices of ``n``, in random order (the baseline strategy)."""
+    return torch.randperm(n, generator=gen)[: max(0, min(m, n))]
+
+
+def select(strategy: str, features: Callable[[], torch.Tensor], n: int, m: int, gen: torch.Generator,
+           normalize: bool = True) -> torch.Tensor:
+    """Indices (in priority order) of ``m`` exemplars among ``n`` candidates; ``features`` is only
+    computed for herding."""
+    if strategy == "herding":
+        return herding(features(), m, normalize)
+    if strategy == "random":
+        return random_selection(n, m, gen)
+    raise ConfigError(f"selection {strategy!r} is not one of {', '.join(SELECTIONS)}")
+
+
+# ---------------------------------------------------------------------------- the store
+class ResizableBuffers(nn.Module):
+    """A module whose buffers change size between tasks: ``load_state_dict`` first resizes each
+    buffer to the saved tensor's shape, so a checkpoint of any step loads into a fresh module."""
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name, buf in list(self._buffers.items()):
+            key = prefix + name
+            if buf is not None and key in state_dict and state_dict[key].shape != buf.shape:
+                self._buffers[name] = torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class ExemplarMemory(ResizableBuffers):
+    """Exemplars as uint8 images ``(N, C, H, W)`` and labels, grouped by class in priority order
+    (the first ``m`` of a class are its best ``m``, so shrinking keeps a prefix).
+
+    Kept on the CPU whatever device the method moves to: the loop reads batches from CPU
+    tensors (and pins them) before moving them to the device.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("images", torch.zeros(0, dtype=torch.uint8))
+        self.register_buffer("labels", torch.zeros(0, dtype=torch.long))
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "ExemplarMemory":  # type: ignore[override]
+        return self  # stays on the CPU, uint8 (see class docstring)
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def classes(self) -> list[int]:
+        return sorted(set(self.labels.tolist()))
+
+    def counts(self) -> dict[int, int]:
+        return {c: int((self.labels == c).sum()) for c in self.classes()}
+
+    def data(self, class_names: list[str] | None = None) -> ImageSet:
+        """All exemplars as an ImageSet (class order, priority order within a class)."""
+        return ImageSet(self.images, self.labels, None, class_names or [])
+
+    def of_class(self, c: int) -> ImageSet:
+        return self.data().subset(torch.nonzero(self.labels == c).flatten())
+
+    def replace(self, per_class: dict[int, tuple[torch.Tensor, int]]) -> None:
+        """Set the exemplars of some classes (``{label: (uint8 images in priority order, label)}``);
+        other classes are kept as they are."""
+        keep = {c: self.of_class(c).images for c in self.classes() if c not in per_class}
+        keep.update({c: imgs for c, (imgs, _) in per_class.items()})
+        self._store(keep)
+
+    def truncate(self, m: int | dict[int, int]) -> None:
+        """Keep the first ``m`` (or ``m[c]``) exemplars of every class."""
+        limit = (lambda c: m) if isinstance(m, int) else (lambda c: m.get(c, 0))  # type: ignore[union-attr]
+        self._store({c: self.of_class(c).images[: max(0, limit(c))] for c in self.classes()})
+
+    def _store(self, per_class: dict[int, torch.Tensor]) -> None:
+        parts = [(c, imgs) for c, imgs in sorted(per_class.items()) if len(imgs)]
+        if not parts:
+            self.images = torch.zeros(0, dtype=torch.uint8)
+            self.labels = torch.zeros(0, dtype=torch.long)
+            return
+        self.images = torch.cat([torch.as_tensor(imgs, dtype=torch.uint8).cpu() for _, imgs in parts]).contiguous()
+        self.labels = torch.cat([torch.full((len(imgs),), c, dtype=torch.long) for c, imgs in parts])
+
+    def nbytes(self) -> int:
+        return self.images.numel() * self.images.element_size() + self.labels.numel() * self.labels.element_size()
+
+
+# ---------------------------------------------------------------------------- nearest mean of exemplars
+class ClassMeans(ResizableBuffers):
+    """Unit-norm class means ``(classes, dim)`` for the nearest-mean-of-exemplars classifier."""
+
+    means: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("means", torch.zeros(0, 0))
+
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        """Cosine of the normalised feature to each mean: ranks classes exactly as iCaRL's
+        ``argmin ||phi(x) - mu_c||`` with unit phi and mu (and as the AANets code's distance to
+        unit means from raw features, manets.md 1.4)."""
+        return F.normalize(features, dim=1) @ self.means.to(features.dtype).t()
+
+
+@torch.no_grad()
+def class_means(ctx: Any, features: Callable[[torch.Tensor], torch.Tensor], memory: ExemplarMemory, n_classes: int,
+                flip: bool) -> torch.Tensor:
+    """``mu_c = normalise(mean_x (normalise f(x) [+ normalise f(flip x)] / 2))`` over the exemplars of
+    each class (iCaRL; manets.md 1.3). ``flip``: average with the horizontally flipped image, as
+    iCaRL does on CIFAR; the AANets/LUCIR code reverses colour channels instead (pitfall 6.6) -
+    we flip, as intended. A class without exemplars gets a zero mean (never the nearest)."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        f = F.normalize(features(x), dim=1)
+        if flip:
+            f = (f + F.normalize(features(x.flip(3)), dim=1)) / 2
+        return f
+
+    feats = ctx.outputs(fn, memory.data())
+    dim = feats.shape[1] if len(feats) else 0
+    out = torch.zeros(n_classes, dim)
+    for c in range(n_classes):
+        sel = memory.labels == c
+        if sel.any():
+            out[c] = F.normalize(feats[sel].mean(0), dim=0)
+    return out
+
+
+# ---------------------------------------------------------------------------- rows of image sets
+class Rows:
+    """Selected rows of image sets (each possibly a memory-mapped folder), read batch by batch.
+
+    ``ImageSet.subset``/``concat`` copy their rows into RAM, which is what in-memory benchmarks
+    want but not a 128,000-image ImageNet-1000 step. ``Rows`` offers what the loop and
+    ``ctx.outputs`` read from an ImageSet (``len``, ``labels``, ``tasks``, ``class_names``,
+    ``shape``, ``batch_images``, ``subset``) without copying.
+    """
+
+    def __init__(self, parts: list[tuple[Any, torch.Tensor]]) -> None:
+        self.parts = [(d, torch.as_tensor(i, dtype=torch.long)) for d, i in parts if len(i)]
+        self.labels = torch.cat([d.labels[i] for d, i in self.parts]) if self.parts else torch.zeros(0, dtype=torch.long)
+        self.tasks = None
+        self.class_names: list[str] = self.parts[0][0].class_names if self.parts else []
+        self._starts = torch.tensor([0] + np.cumsum([len(i) for _, i in self.parts]).tolist())
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.parts[0][0].shape)
+
+    def batch_images(self, index: torch.Tensor) -> torch.Tensor:
+        index = torch.as_tensor(index, dtype=torch.long)
+        part = torch.bucketize(index, self._starts[1:], right=True)
+        out: torch.Tensor | None = None
+        for p in part.unique().tolist():
+            sel = part == p
+            data, rows = self.parts[p]
+            imgs = torch.as_tensor(data.batch_images(rows[index[sel] - self._starts[p]]))
+            if out is None:
+                out = torch.empty((len(index), *imgs.shape[1:]), dtype=imgs.dtype)
+            out[sel] = imgs
+        assert out is not None, "empty batch"
+        return out
+
+    def subset(self, index: torch.Tensor | np.ndarray) -> "Rows":
+        return Rows([(self, torch.as_tensor(index, dtype=torch.long))])
+
+
+def take(data: Any, index: torch.Tensor) -> ImageSet:
+    """Rows ``index`` of ``data``: a copy for in-memory sets, a lazy ``Rows`` view for memory-mapped ones."""
+    if isinstance(data, ImageSet) and isinstance(data.images, torch.Tensor):
+        return data.subset(index)
+    return Rows([(data, index)])  # type: ignore[return-value]
+
+
+def join(parts: list[Any]) -> ImageSet:
+    """Concatenate image sets (e.g. new data + exemplars): ``ImageSet.concat`` when every part is in
+    memory, else a lazy ``Rows`` view."""
+    parts = [p for p in parts if p is not None and len(p)]
+    if all(isinstance(p, ImageSet) and isinstance(p.images, torch.Tensor) for p in parts):
+        return ImageSet.concat([ImageSet(p.images, p.labels, None, p.class_names) for p in parts])
+    return Rows([(p, torch.arange(len(p))) for p in parts])  # type: ignore[return-value]
+
+
+def indices_of(labels: torch.Tensor, c: int) -> torch.Tensor:
+    return torch.nonzero(labels == c).flatten()
+
+
+@torch.no_grad()
+def add_exemplars(ctx: Any, memory: ExemplarMemory, features: Callable[[torch.Tensor], torch.Tensor], data: Any,
+                  classes: list[int], m: int, strategy: str, gen: torch.Generator, normalize: bool = True) -> None:
+    """Select ``m`` exemplars for each label in ``classes`` among its rows of ``data`` and store them
+    (replacing what the memory held for those labels). The caller puts the network in eval mode:
+    features are test-transformed (manets.md 1.2, bic.md 1.2)."""
+    chosen: dict[int, tuple[torch.Tensor, int]] = {}
+    for c in classes:
+        rows = take(data, indices_of(data.labels, c))
+        order = select(strategy, lambda: ctx.outputs(features, rows), len(rows), m, gen, normalize)
+        chosen[c] = (torch.as_tensor(rows.batch_images(order)) if len(order) else torch.zeros(0, dtype=torch.uint8), c)
+    memory.replace(chosen)
+
+
+def replay_footprint(network: list[nn.Module], memories: list[ExemplarMemory], chunks: list[nn.Module], note: str) -> Any:
+    """Parameters and fp32 bytes of the network plus the exemplars' uint8 bytes (they must be
+    stored to keep learning); per task: the task's head chunk."""
+    from .base import Footprint, module_bytes, module_params
+
+    params = sum(module_params(m) for m in network)
+    nbytes = sum(module_bytes(m) for m in network) + sum(mem.nbytes() for mem in memories)
+    return Footprint(params, nbytes, [module_bytes(c) for c in chunks], note)
