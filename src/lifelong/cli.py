@@ -55,7 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root")
     e.add_argument("--device", default="auto")
 
-    for sp in (r, ls, s, e):
+    fp = sub.add_parser("footprint", help="model size per method as the papers count it (CPG paper, spec section 6)")
+    fp.add_argument("--backbone", required=True, help="a registered backbone, e.g. resnet50")
+    fp.add_argument("--heads", required=True, help="classes per task, comma-separated, e.g. 1000,200,196,102,195,250")
+    fp.add_argument("--in-channels", type=int, default=3)
+    fp.add_argument("--image-size", type=int, default=224)
+
+    for sp in (r, ls, s, e, fp):
         sp.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -131,12 +137,22 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
+def cmd_footprint(a: argparse.Namespace) -> int:
+    from .report.footprint import footprint_table, format_table, parse_heads
+
+    heads = parse_heads(a.heads)
+    if a.in_channels < 1 or a.image_size < 8:
+        raise ConfigError(f"--in-channels must be >= 1 and --image-size >= 8 (got {a.in_channels}, {a.image_size})")
+    print(format_table(a.backbone, heads, footprint_table(a.backbone, heads, a.in_channels, a.image_size)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
         a = _parser().parse_args(argv)
-        return {"run": cmd_run, "list": cmd_list, "show": cmd_show, "eval": cmd_eval}[a.command](a)
+        return {"run": cmd_run, "list": cmd_list, "show": cmd_show, "eval": cmd_eval, "footprint": cmd_footprint}[a.command](a)
     except LifelongError as exc:
         if debug:
             raise

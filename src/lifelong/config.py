@@ -208,6 +208,8 @@ def resolve(
             apply_epochs(hp, v)
         elif k == "batch_size" and hasattr(hp, k):
             scale_batch(hp, v)
+    for k, v in cls.benchmark_defaults.get(benchmark, {}).items():  # a method's own toy-budget overrides
+        setattr(hp, k, v)
     cfg = RunConfig(method=method, benchmark=benchmark, setting=setting, hparams=hp)
     cfg.backbone.name = DEFAULT_BACKBONE.get(benchmark)
 

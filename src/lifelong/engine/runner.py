@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -52,8 +53,11 @@ def default_out(cfg: RunConfig) -> Path:
 def build_method(cfg: RunConfig, scenario: Scenario, device: torch.device) -> Method:
     cls = method_class(cfg.method)
 
-    def make_backbone() -> torch.nn.Module:
-        return build_backbone(cfg.backbone, scenario.in_channels, scenario.augment.size).to(device)
+    def make_backbone(width: float = 1.0) -> torch.nn.Module:
+        # ``width``: a channel multiplier on top of backbone.width (CPG's growing); a grown network
+        # starts from its own init (no published weights at another width).
+        bcfg = cfg.backbone if width == 1.0 else dataclasses.replace(cfg.backbone, width=cfg.backbone.width * width, weights=None)
+        return build_backbone(bcfg, scenario.in_channels, scenario.augment.size).to(device)
 
     return cls(cfg.hparams, cfg.setting, make_backbone).to(device)
 
@@ -176,6 +180,7 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
     method = build_method(cfg, scenario, device)
     log_rows: list[dict[str, Any]] = rundir.read_log() if resume else []
     ctx = TrainContext(device, scenario.augment, cfg.seed, cfg.precision, log_rows.append, progress)
+    ctx.num_tasks = len(scenario)
     rec = _Record(len(scenario))
     start = 0
     if ckpt is not None:

@@ -95,7 +95,8 @@ class TrainHParams:
                 raise ConfigError(f"weight_decay must be >= 0, got {value}")
 
 
-BackboneFactory = Callable[[], nn.Module]
+# ``make_backbone()`` builds a fresh backbone; ``make_backbone(width=m)`` one with m times the channels (CPG growing).
+BackboneFactory = Callable[..., nn.Module]
 
 
 class Method(nn.Module):
@@ -105,6 +106,9 @@ class Method(nn.Module):
     Config: ClassVar[type] = TrainHParams
     # Overrides of Config defaults per setting (e.g. the class-incremental papers' schedule).
     setting_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Overrides on a benchmark, applied after its epoch budget (where a paper's schedule cannot
+    # converge in a toy budget's few hundred steps); recorded in config.yaml like every default.
+    benchmark_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     # Fraction of each task's train split the method wants held out for validation.
     val_fraction: ClassVar[float] = 0.0
     # Isolation methods: the runner verifies old tasks' outputs stay bit-identical.

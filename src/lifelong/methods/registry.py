@@ -15,6 +15,9 @@ METHODS: dict[str, str] = {
     "finetune": "lifelong.methods.finetune:Finetune",
     "joint": "lifelong.methods.joint:Joint",
     "independent": "lifelong.methods.independent:Independent",
+    "packnet": "lifelong.methods.packnet:PackNet",
+    "piggyback": "lifelong.methods.piggyback:Piggyback",
+    "cpg": "lifelong.methods.cpg:CPG",
 }
 
 

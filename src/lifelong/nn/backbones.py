@@ -64,6 +64,7 @@ def build_backbone(cfg: BackboneConfig, in_channels: int, image_size: int) -> nn
     net = BUILDERS[cfg.name](cfg, in_channels, image_size)
     if cfg.weights:
         load_weights(net, Path(cfg.weights))
+        net.pretrained_from = str(cfg.weights)  # methods that treat published weights specially (Piggyback)
     return net
 
 

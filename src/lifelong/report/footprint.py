@@ -1,0 +1,125 @@
+"""Model size from the architecture alone, as the CPG paper counts it (cpg.md 6), per method.
+
+``footprint_table("resnet50", [1000, 200, 196, 102, 195, 250])`` reproduces the fine-grained
+table: Scratch 554.46, PackNet 115.48, Piggyback 121.07, CPG 121.07 MB (MB = 2^20 bytes).
+
+Three numbers per method:
+
+- ``paper``: the papers' convention. fp32 weights; BatchNorm as 4 fp32 values per channel per
+  task; fp32 heads; PackNet adds a ceil(log2(T+1))-bit owner index per weight; Piggyback and
+  CPG add one bit per weight per task after the first (CPG's 121 MB counts no owner index).
+  The paper's "Finetune" stores one fine-tuned network per task, hence Scratch's size.
+- ``formula``: what serving really needs by cpg.md 6's general formula; differs from ``paper``
+  only for CPG, whose inference needs the owner index as well as the picking masks (pitfall 10).
+- ``checkpoint``: the bytes of the state our methods save (``lifelong run``'s checkpoints) at
+  width 1: owner index as uint8, masks bit-packed per layer, every task's private state
+  (BN incl. its int64 batch counter, biases) plus the working copy, heads; our ``finetune``
+  keeps a single shared backbone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..nn.backbones import BackboneConfig, build_backbone
+from ..nn.masked import StorageCounts, storage_bytes
+
+MB = 2**20
+METHODS = ("independent", "finetune", "packnet", "piggyback", "cpg")
+
+
+@dataclass
+class ArchCounts:
+    """Tensor counts of one backbone (no head)."""
+
+    weights: int  # conv + linear weights: the maskable ones
+    private: int  # fp32 values of everything else, per task (BN: 4 per channel; biases; ...)
+    private_bytes: int  # bytes of everything else as stored (incl. BN's int64 batch counters)
+    mask_bytes: int  # one bit-packed mask: sum over layers of ceil(numel / 8)
+    backbone_bytes: int  # the whole backbone's state dict
+    bn_channels: int
+    out_dim: int
+
+
+@dataclass
+class FootprintRow:
+    method: str
+    paper_bytes: int
+    formula_bytes: int
+    checkpoint_bytes: int
+    note: str
+
+    def mb(self) -> tuple[float, float, float]:
+        return self.paper_bytes / MB, self.formula_bytes / MB, self.checkpoint_bytes / MB
+
+
+def architecture_counts(backbone: str, in_channels: int = 3, image_size: int = 224, width: float = 1.0) -> ArchCounts:
+    """Counts of a registered backbone, built on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        net = build_backbone(BackboneConfig(name=backbone, width=width), in_channels, image_size)
+    layers = {f"{n}.weight" for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    state = net.state_dict()
+    weights = sum(state[n].numel() for n in layers)
+    others = {n: t for n, t in state.items() if n not in layers}
+    return ArchCounts(
+        weights=weights,
+        private=sum(t.numel() for n, t in others.items() if not n.endswith("num_batches_tracked")),
+        private_bytes=sum(t.numel() * t.element_size() for t in others.values()),
+        mask_bytes=sum(math.ceil(state[n].numel() / 8) for n in layers),
+        backbone_bytes=sum(t.numel() * t.element_size() for t in state.values()),
+        bn_channels=sum(m.num_features for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)),
+        out_dim=int(net.out_dim),
+    )
+
+
+def parse_heads(text: str) -> list[int]:
+    """``"1000,200,196"`` -> [1000, 200, 196]; ConfigError for anything else."""
+    try:
+        heads = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--heads {text!r} must be comma-separated class counts, e.g. 1000,200,196") from None
+    if not heads or any(h < 1 for h in heads):
+        raise ConfigError(f"--heads {text!r} must list at least one positive class count")
+    return heads
+
+
+def footprint_table(backbone: str, heads: list[int], in_channels: int = 3, image_size: int = 224) -> list[FootprintRow]:
+    """One row per method for ``len(heads)`` tasks on ``backbone`` at width 1 (cpg.md 6)."""
+    if not heads or any(h < 1 for h in heads):
+        raise ConfigError("footprint needs at least one task with a positive number of classes")
+    a = architecture_counts(backbone, in_channels, image_size)
+    T = len(heads)
+    head_params = [(a.out_dim + 1) * c for c in heads]
+    H = sum(head_params)
+
+    def counts(picks: list[bool], owner: bool) -> StorageCounts:
+        return StorageCounts(a.weights, [a.weights] * T, [a.private] * T, head_params, picks, owner)
+
+    scratch = T * 4 * (a.weights + a.private) + 4 * H
+    packnet = storage_bytes(counts([False] * T, owner=True))
+    piggyback = storage_bytes(counts([False] + [True] * (T - 1), owner=False))
+    cpg_formula = storage_bytes(counts([False] + [True] * (T - 1), owner=True))
+    isolated = 4 * a.weights + a.weights + (T + 1) * a.private_bytes + 4 * H  # fp32 weights, uint8 owners
+    return [
+        FootprintRow("independent", scratch, scratch, T * a.backbone_bytes + 4 * H, "one network per task (Scratch)"),
+        FootprintRow("finetune", scratch, scratch, a.backbone_bytes + 4 * H,
+                     "paper: one fine-tuned network per task; ours: one shared backbone"),
+        FootprintRow("packnet", packnet, packnet, isolated, f"{T} tasks -> {math.ceil(math.log2(T + 1))}-bit owner index"),
+        FootprintRow("piggyback", piggyback, piggyback, isolated + (T - 1) * a.mask_bytes, f"{T - 1} one-bit masks"),
+        FootprintRow("cpg", piggyback, cpg_formula, isolated + (T - 1) * a.mask_bytes,
+                     "paper counts masks only; formula adds the owner index inference needs"),
+    ]
+
+
+def format_table(backbone: str, heads: list[int], rows: list[FootprintRow]) -> str:
+    lines = [f"model size of {backbone} with heads {','.join(map(str, heads))} ({len(heads)} tasks), MB = 2^20 bytes (cpg.md 6)",
+             f"{'method':<12} {'paper MB':>10} {'formula MB':>11} {'checkpoint MB':>14}  note"]
+    for r in rows:
+        p, f, c = r.mb()
+        lines.append(f"{r.method:<12} {p:>10.2f} {f:>11.2f} {c:>14.2f}  {r.note}")
+    return "\n".join(lines)
