@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import lifelong
+from conftest import write_image_folder
 from lifelong.errors import ConfigError
 from lifelong.methods.base import TaskMeta
 from lifelong.methods.registry import method_class
@@ -155,3 +156,30 @@ def test_cpg_goal_sources_and_selection_split(tmp_path: Path) -> None:
         lifelong.run(method="cpg", benchmark="permuted-digits", tasks=2, epochs=1, out=tmp_path / "d", select_on="train")
     with pytest.raises(ConfigError, match="supports --setting task"):
         lifelong.run(method="packnet", benchmark="digits", setting="class", epochs=1, out=tmp_path / "e")
+
+
+def test_cifar100_superclass20_and_an_unequal_image_folder_stream(cifar_root: Path, tmp_path: Path) -> None:
+    r = lifelong.run(method="packnet", benchmark="cifar100-superclass20", data_root=cifar_root, backbone="convnet",
+                     epochs=1, out=tmp_path / "pn")
+    assert len(r.accuracy) == 20 and r.metrics["unforgetting_verified"] is True
+    assert all(f == 0 for f in r.forgetting[:-1])
+    root = write_image_folder(tmp_path / "imgs", ["a", "b", "c", "d", "e"], per_class=12)
+    r = lifelong.run(method="cpg", benchmark="folder", data_root=root, backbone="convnet", epochs=1, out=tmp_path / "cpg",
+                     benchmark__image_size=16, benchmark__task_sizes=[2, 3], prune_ratios=[0.5], retrain_epochs=1,
+                     select_on="test")
+    assert [t["classes"] for t in r.metrics["tasks"]] == [["a", "b"], ["c", "d", "e"]]
+    assert r.metrics["unforgetting_verified"] is True and r.forgetting[0] == 0
+
+
+@pytest.mark.parametrize("preset,method,backbone", [
+    ("cpg-cifar100-superclass20", "cpg", "vgg16_bn"), ("packnet-cifar100-superclass20", "packnet", "vgg16_bn"),
+    ("independent-cifar100-superclass20", "independent", "vgg16_bn"), ("cpg-finegrained-resnet50", "cpg", "resnet50")])
+def test_presets_resolve_to_the_papers_settings(preset: str, method: str, backbone: str) -> None:
+    from lifelong.config import resolve
+
+    cfg = resolve(config_file=Path(__file__).parent.parent / "configs" / f"{preset}.yaml")
+    assert (cfg.method, cfg.backbone.name, cfg.setting, cfg.seed) == (method, backbone, "task", 1)
+    assert cfg.hparams.batch_size == 32 and cfg.hparams.weight_decay == pytest.approx(4e-5)
+    if preset == "cpg-finegrained-resnet50":
+        assert cfg.backbone.weights and cfg.benchmark_options.task_sizes == [200, 196, 102, 195, 250]
+        assert cfg.hparams.max_param_multiplier == 1.0 and cfg.hparams.schedule == "plateau"

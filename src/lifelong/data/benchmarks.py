@@ -36,6 +36,7 @@ class BenchmarkConfig:
     per_task_norm: bool | None = None  # normalise with each task's own mean/std (CPG CIFAR protocol)
     train_list: str = "train.txt"  # list benchmark: files under --data-root
     test_list: str = "val.txt"
+    task_sizes: list[int] | None = None  # folder/list: classes per task in class order, for unequal tasks
 
 
 @dataclass
@@ -163,7 +164,13 @@ def _folder_spec(cfg: BenchmarkConfig) -> tuple[int, AugmentSpec]:
 def _stream(cfg: BenchmarkConfig, setting: str, name: str, train: ImageSet, test: ImageSet, val: float, spec: AugmentSpec) -> Scenario:
     n = len(train.class_names)
     order = _order(cfg, n, list(range(n)))
-    groups = class_groups(order, setting, cfg.tasks if (cfg.tasks or cfg.base or cfg.increment) else min(5, n), cfg.base, cfg.increment)
+    if cfg.task_sizes:  # unequal tasks, consecutive in the class order (e.g. CPG's fine-grained stream)
+        sizes = list(cfg.task_sizes)
+        if min(sizes) < 1 or sum(sizes) != n or (cfg.tasks is not None and cfg.tasks != len(sizes)):
+            raise ConfigError(f"task_sizes {sizes} must be positive, sum to the {n} classes and agree with --tasks")
+        groups = [order[sum(sizes[:i]):sum(sizes[:i + 1])] for i in range(len(sizes))]
+    else:
+        groups = class_groups(order, setting, cfg.tasks if (cfg.tasks or cfg.base or cfg.increment) else min(5, n), cfg.base, cfg.increment)
     tasks = build_tasks(train, test, groups, train.class_names, setting, _val(cfg, val), cfg.split_seed,
                         per_task_norm=bool(cfg.per_task_norm))
     return Scenario(name, setting, tasks, spec, 3, order)

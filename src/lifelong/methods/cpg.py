@@ -49,6 +49,8 @@ class CPGConfig(TrainHParams):
     """Defaults: experiment 1 (CIFAR-100 20 tasks, VGG16-BN; cpg.md 4.2-4.8). Finetune: 100 epochs,
     SGD Nesterov 0.9, lr 1e-2 x0.1 at 50/80, batch 32, wd 4e-5 on the task's own weights."""
 
+    plateau_patience: int = 5  # cpg.md 4.8 fine-grained (schedule=plateau): x0.1 after 5 epochs without gain ...
+    plateau_max_decays: int = 3  # ... stop after 3 decays; the monitored value is the selection accuracy
     mask_lr: float = 5e-4  # cpg.md 4.5: Adam on the picking mask
     mask_decay_at: float = 0.5  # cpg.md 4.5: x0.2 at epoch 50 of 100 (a fraction of ``epochs``)
     mask_decay: float = 0.2  # cpg.md 4.5
@@ -92,6 +94,8 @@ class CPGConfig(TrainHParams):
             raise ConfigError(f"prune_ratios must increase strictly within (0, 1), got {r}")
         if not 0.0 < self.prune_ramp <= 1.0 or self.prune_frequency < 1 or self.retrain_patience < 1:
             raise ConfigError("prune_ramp must be in (0, 1], prune_frequency and retrain_patience >= 1")
+        if not (0.0 <= self.mask_decay_at <= 1.0 and 0.0 <= self.mask_freeze_at <= 1.0):
+            raise ConfigError("mask_decay_at and mask_freeze_at are fractions of epochs in [0, 1]")
         load_goals(self.goals)
 
 
@@ -168,7 +172,7 @@ class CPG(IsolationMethod):
         return ctx.accuracy(model, sel)
 
     # ------------------------------------------------------------------ phases
-    def finetune(self, task: Task, ctx: TrainContext, picking: bool) -> list[EpochStats]:
+    def finetune(self, task: Task, ctx: TrainContext, picking: bool, sel: ImageSet) -> list[EpochStats]:
         """Train the task's own weights, BN/biases and head (SGD) and its picking mask (Adam)."""
         cfg: CPGConfig = self.config
         t, mb = task.id, self.mb
@@ -185,10 +189,13 @@ class CPG(IsolationMethod):
             if picking and owns and epoch >= freeze_at:  # mask lr x0 (cpg.md 4.5)
                 mb.pick_frozen = True
 
+        opt = cfg.optim(weight_decay=0.0, patience=cfg.plateau_patience, max_decays=cfg.plateau_max_decays)
+        monitor = (lambda: -self.accuracy(ctx, t, sel)) if cfg.schedule == "plateau" else None
         try:
-            return ctx.fit(Phase("finetune", task.train, self.train_params(t), cfg.epochs, cfg.optim(weight_decay=0.0),
-                                 self.loss_fn(t), cfg.batch_size, after_backward=self.decay_hook(t, cfg.weight_decay),
-                                 on_epoch_end=on_epoch_end, train_mode=self.train_all, extra_optims=extra))
+            return ctx.fit(Phase("finetune", task.train, self.train_params(t), cfg.epochs, opt, self.loss_fn(t),
+                                 cfg.batch_size, after_backward=self.decay_hook(t, cfg.weight_decay),
+                                 on_epoch_end=on_epoch_end, train_mode=self.train_all, monitor=monitor,
+                                 extra_optims=extra))
         finally:
             mb.pick_frozen = False
 
@@ -269,7 +276,7 @@ class CPG(IsolationMethod):
             picking = mb.count(t)["earlier"] > 0
             if picking:
                 mb.start_picking(t)
-            hist = self.finetune(task, ctx, picking)
+            hist = self.finetune(task, ctx, picking, sel)
             acc0 = self.accuracy(ctx, t, sel)
             train_acc = hist[-1].accuracy if hist and hist[-1].accuracy is not None else 0.0
             met = (cfg.min_train_accuracy <= 0 or train_acc > cfg.min_train_accuracy) and acc0 + cfg.goal_margin >= goal

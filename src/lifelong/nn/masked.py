@@ -176,6 +176,7 @@ class MaskedBackbone(nn.Module):
         self._shapes: dict[float, dict[str, torch.Size]] = {1.0: {n: t.shape for n, t in state.items()}}
         self._out_dims: dict[float, int] = {1.0: int(getattr(net, "out_dim"))}
         self._cache: tuple[Any, dict[str, torch.Tensor]] | None = None
+        self._mask_cache: tuple[Any, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     # ------------------------------------------------------------------ access
     def owner_id(self, task: int) -> int:
@@ -278,20 +279,27 @@ class MaskedBackbone(nn.Module):
                 p.fill_(self.pick_init)
 
     # ------------------------------------------------------------------ forward
+    def _owner_masks(self, task: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer: (owned by ``task``, owned by an earlier owner) as bool, cached until an owner mask changes."""
+        key = (task, tuple((id(o), o._version) for o in (self.owner(n) for n in self.layers)))
+        if self._mask_cache is None or self._mask_cache[0] != key:
+            v = self.owner_id(task)
+            masks = [(o == v, (o >= 1) & (o < v)) for o in (self.owner(n) for n in self.layers)]
+            self._mask_cache = (key, masks)
+        return self._mask_cache[1]
+
     def _current_weights(self, task: int) -> dict[str, torch.Tensor]:
         """Effective weights of the task being trained: its own entries carry the gradient; earlier
         owners' entries are detached (never updated) and gated by the picking mask (STE)."""
-        v = self.owner_id(task)
         out: dict[str, torch.Tensor] = {}
-        for i, name in enumerate(self.layers):
-            w, o = self.weight(name), self.owner(name)
-            old = (o >= 1) & (o < v)
+        for i, (name, (mine, old)) in enumerate(zip(self.layers, self._owner_masks(task))):
+            w = self.weight(name)
             if self.picks is not None:
                 p = self.picks[i]
                 reused = w.detach() * binarize(p.detach() if self.pick_frozen else p, self.threshold)
+                out[name] = torch.where(mine, w, torch.where(old, reused, 0.0))
             else:
-                reused = w.detach()
-            out[name] = torch.where(o == v, w, torch.where(old, reused, 0.0))
+                out[name] = torch.where(mine, w, torch.where(old, w.detach(), 0.0))
         return out
 
     def _finished_tensors(self, task: int) -> dict[str, torch.Tensor]:
