@@ -147,3 +147,22 @@ def test_bic_on_list_files_with_preact_resnet18(tmp_path: Path) -> None:
                      out=tmp_path / "run")
     assert len(r.accuracy) == 2 and r.metrics["memory"]["size"] <= 16
     assert r.metrics["tasks"][1]["info"]["val_samples"] == split_sizes(Budget("total", 16), 2, 0.1, 1)[1] * 4
+
+
+@pytest.mark.parametrize("method,options", [
+    ("icarl", {"variant": "aanets", "classifier": "cnn", "selection": "random"}),
+    ("lucir", {"cbf_epochs": 1, "budget": "per_class", "memory": 3, "classifier": "nme"}),
+])
+def test_options_run_end_to_end(tmp_path: Path, method: str, options: dict) -> None:
+    """iCaRL as the AANets code runs it (cosine head), random exemplars; LUCIR with class-balanced
+    finetuning and a per-class budget (memory grows: 3 per seen class)."""
+    r = lifelong.run(method=method, benchmark="digits", setting="class", epochs=1, base=4, increment=3, out=tmp_path / "r",
+                     **options)
+    assert r.scenario is not None and [t.num_classes for t in r.scenario.tasks] == [4, 3, 3]
+    sizes = [t["info"]["memory"] for t in r.metrics["tasks"]]
+    if options.get("budget") == "per_class":
+        assert sizes == [3 * (t.offset + t.num_classes) for t in r.scenario.tasks]
+    else:
+        assert max(sizes) <= 2000
+    other = "nme" if options["classifier"] == "cnn" else "cnn"
+    assert other in r.metrics["variants"]

@@ -160,7 +160,6 @@ class BiC(Method):
         return self.bias_layers[step](logits, meta.offset, meta.offset + meta.num_classes)
 
     def fit_task(self, task: Task, ctx: TrainContext) -> dict[str, Any]:
-        cfg: BiCConfig = self.config
         n_old, n_seen = task.offset, task.offset + task.num_classes
         self.budget.require(n_seen, 2, "bic (one training and one validation image per class)")
         reserve = self.sizes(self.tasks[0].num_classes)[1]
