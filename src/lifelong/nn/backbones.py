@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from .convnets import MLP, SmallConvNet
+from .preact_resnet import PreActResNet18
 from .resnet import BasicBlock, Bottleneck, CifarResNet, ResNet
 from .vgg import VGG16BN
 
@@ -49,6 +50,7 @@ BUILDERS: dict[str, Callable[[BackboneConfig, int, int], nn.Module]] = {
     "resnet18": lambda c, ch, s: ResNet(BasicBlock, [2, 2, 2, 2], ch, c.width, _cifar_stem(c, s), c.last_relu),
     "resnet50": lambda c, ch, s: ResNet(Bottleneck, [3, 4, 6, 3], ch, c.width, _cifar_stem(c, s), c.last_relu),
     "vgg16_bn": lambda c, ch, s: VGG16BN(ch, c.width, s),
+    "preact_resnet18": lambda c, ch, s: PreActResNet18(ch, c.width, _cifar_stem(c, s), c.last_relu),  # BiC (bic.md 2)
 }
 
 
