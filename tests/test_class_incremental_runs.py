@@ -124,6 +124,17 @@ def test_bic_stages_freeze_what_they_must(monkeypatch: pytest.MonkeyPatch) -> No
     assert sum(p.numel() for p in method.bias_layers.parameters()) == 2 * len(method.tasks)
 
 
+@pytest.mark.parametrize("options,sizes", [
+    ({"increment": 10}, [50] + [10] * 5), ({"increment": 5}, [50] + [5] * 10), ({"increment": 2}, [50] + [2] * 25),
+    ({}, [50] + [10] * 5), ({"base": 10, "increment": 10}, [10] * 10),
+])
+def test_cifar100_protocol_splits(cifar_root: Path, options: dict, sizes: list[int]) -> None:
+    """B50 with 5/10/25 steps via --increment 10|5|2, B0 via --base 10 --increment 10 (manets.md 1.1)."""
+    scen = build_scenario("cifar100", "class", BenchmarkConfig(**options), cifar_root)
+    assert [t.num_classes for t in scen.tasks] == sizes
+    assert [c for t in scen.tasks for c in t.classes] == scen.class_order[:100]
+
+
 def test_class_incremental_on_cifar100_files(cifar_root: Path, tmp_path: Path) -> None:
     """The CIFAR-100 preset path: pickles, seed-1993 order, ResNet-32 (no last ReLU for LUCIR), B50 + 25."""
     scen = build_scenario("cifar100", "class", BenchmarkConfig(base=50, increment=25), cifar_root)

@@ -126,11 +126,13 @@ def build_cifar100_superclass20(cfg: BenchmarkConfig, setting: str, data_root: P
 
 
 def build_cifar100(cfg: BenchmarkConfig, setting: str, data_root: Path | None, val: float) -> Scenario:
-    """Class setting: B50 + steps of 10 over the seed-1993 order (manets.md 1.2); task setting: 10 tasks of 10."""
+    """Class setting: B50 + steps of ``--increment`` (default 10; 10/5/2 = the 5/10/25-step protocols of
+    manets.md 1.1) over the seed-1993 order (manets.md 1.2), ``--base`` for others (B0: --base 10
+    --increment 10); task setting: 10 tasks of 10."""
     data = formats.load_cifar100(_root(data_root, "cifar100"))
     order = _order(cfg, 100, legacy_permutation(100, cfg.class_order_seed))
-    if setting == "class" and cfg.base is None and cfg.increment is None and cfg.tasks is None:
-        groups = class_groups(order, setting, None, 50, 10)
+    if setting == "class" and cfg.base is None and cfg.tasks is None:
+        groups = class_groups(order, setting, None, 50, cfg.increment or 10)
     else:
         groups = class_groups(order, setting, cfg.tasks or (10 if cfg.base is None and cfg.increment is None else None), cfg.base, cfg.increment)
     tasks = build_tasks(data.train, data.test, groups, data.fine_names, setting, _val(cfg, val), cfg.split_seed,
