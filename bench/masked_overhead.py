@@ -76,18 +76,17 @@ def main() -> None:
     own = mb.owned_weights(1) + mb.private_parameters() + list(mhead.parameters())
     mopt = torch.optim.SGD(own, lr=1e-3, momentum=0.9, nesterov=True)
     popt = torch.optim.Adam(list(picks), lr=5e-4)
-    v = mb.owner_id(1)
     mb.train()
 
     def masked_step(x: torch.Tensor, y: torch.Tensor) -> None:
         mopt.zero_grad(set_to_none=True)
         popt.zero_grad(set_to_none=True)
         F.cross_entropy(mhead(mb(x, 1)), y).backward()
-        with torch.no_grad():  # CPG's weight decay on the task's own weights only
-            for name in mb.layers:
+        with torch.no_grad():  # CPG's weight decay on the task's own weights only (IsolationMethod.decay_hook)
+            for i, name in enumerate(mb.layers):
                 w = mb.weight(name)
                 if w.grad is not None:
-                    w.grad.add_(torch.where(mb.owner(name) == v, w, 0.0), alpha=4e-5)
+                    w.grad.addcmul_(w, mb.own_mask(1, i), value=4e-5)
         mopt.step()
         popt.step()
 

@@ -183,3 +183,18 @@ def test_presets_resolve_to_the_papers_settings(preset: str, method: str, backbo
     if preset == "cpg-finegrained-resnet50":
         assert cfg.backbone.weights and cfg.benchmark_options.task_sizes == [200, 196, 102, 195, 250]
         assert cfg.hparams.max_param_multiplier == 1.0 and cfg.hparams.schedule == "plateau"
+
+
+def test_piggyback_on_published_weights_masks_every_task_and_never_trains_them(tmp_path: Path) -> None:
+    from lifelong.nn.backbones import BackboneConfig, build_backbone
+
+    torch.manual_seed(3)
+    published = build_backbone(BackboneConfig(name="convnet"), 1, 8).state_dict()
+    torch.save(published, tmp_path / "w.pt")
+    r = lifelong.run(method="piggyback", benchmark="digits", tasks=2, epochs=1, out=tmp_path / "pb",
+                     backbone__weights=str(tmp_path / "w.pt"))
+    infos = [t["info"] for t in r.metrics["tasks"]]
+    assert all(i["picked_fraction"] is not None and i["owned_fraction"] == 0.0 for i in infos)  # task 1 masks too
+    state = r.method.mb.net.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in published.items() if k in r.method.mb.layers)
+    assert r.metrics["unforgetting_verified"] is True

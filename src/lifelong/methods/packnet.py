@@ -69,3 +69,6 @@ class PackNet(IsolationMethod):
                 **self.ownership_info(t)}
         self.mb.finish_task(t)
         return info
+
+    def footprint_note(self, counts: Any) -> str:
+        return "fp32 weights, per-task BN/biases/heads and a ceil(log2(T+1))-bit owner index per weight (cpg.md 6)"

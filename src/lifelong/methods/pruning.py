@@ -173,14 +173,13 @@ class IsolationMethod(Method):
         and other owners' weights get none. The optimiser's own weight_decay stays 0."""
         if weight_decay <= 0:
             return None
-        v = self.mb.owner_id(task)
 
         def hook() -> None:
             with torch.no_grad():
-                for name in self.mb.layers:
+                for i, name in enumerate(self.mb.layers):
                     w = self.mb.weight(name)
                     if w.grad is not None:
-                        w.grad.add_(torch.where(self.mb.owner(name) == v, w, 0.0), alpha=weight_decay)
+                        w.grad.addcmul_(w, self.mb.own_mask(task, i), value=weight_decay)
 
         return hook
 

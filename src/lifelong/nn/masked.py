@@ -176,7 +176,7 @@ class MaskedBackbone(nn.Module):
         self._shapes: dict[float, dict[str, torch.Size]] = {1.0: {n: t.shape for n, t in state.items()}}
         self._out_dims: dict[float, int] = {1.0: int(getattr(net, "out_dim"))}
         self._cache: tuple[Any, dict[str, torch.Tensor]] | None = None
-        self._mask_cache: tuple[Any, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        self._mask_cache: tuple[Any, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] | None = None
 
     # ------------------------------------------------------------------ access
     def owner_id(self, task: int) -> int:
@@ -259,9 +259,12 @@ class MaskedBackbone(nn.Module):
 
     def zero_free(self) -> None:
         """Re-zero free weights after an optimiser step (momentum can still move a just-pruned weight)."""
+        cached = self._mask_cache[1] if self._mask_cache is not None and self._mask_cache[0][1] == id(self.net) else None
         with torch.no_grad():
-            for name in self.layers:
-                self.weight(name).masked_fill_(self.owner(name) == 0, 0.0)
+            for i, name in enumerate(self.layers):
+                o = self.owner(name)
+                free = cached[i][2] if cached is not None and self._mask_cache[0][2][i] == (id(o), o._version) else o == 0
+                self.weight(name).masked_fill_(free, 0.0)
 
     # ------------------------------------------------------------------ picking
     def start_picking(self, task: int) -> nn.ParameterList:
@@ -279,28 +282,38 @@ class MaskedBackbone(nn.Module):
                 p.fill_(self.pick_init)
 
     # ------------------------------------------------------------------ forward
-    def _owner_masks(self, task: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer: (owned by ``task``, owned by an earlier owner) as bool, cached until an owner mask changes."""
-        key = (task, tuple((id(o), o._version) for o in (self.owner(n) for n in self.layers)))
+    def _owner_masks(self, task: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per layer, for the task being trained: its own entries as a float 0/1 mask, the earlier
+        owners' weights (a detached copy, zero elsewhere), and the free entries (bool). Cached until
+        an owner mask or the network changes: earlier owners' weights cannot change meanwhile."""
+        key = (task, id(self.net), tuple((id(o), o._version) for o in (self.owner(n) for n in self.layers)))
         if self._mask_cache is None or self._mask_cache[0] != key:
             v = self.owner_id(task)
-            masks = [(o == v, (o >= 1) & (o < v)) for o in (self.owner(n) for n in self.layers)]
+            masks = []
+            with torch.no_grad():
+                for n in self.layers:
+                    o, w = self.owner(n), self.weight(n)
+                    masks.append(((o == v).to(w.dtype), torch.where((o >= 1) & (o < v), w, 0.0), o == 0))
             self._mask_cache = (key, masks)
         return self._mask_cache[1]
 
     def _current_weights(self, task: int) -> dict[str, torch.Tensor]:
-        """Effective weights of the task being trained: its own entries carry the gradient; earlier
-        owners' entries are detached (never updated) and gated by the picking mask (STE)."""
+        """Effective weights of the task being trained, ``W·own + W_earlier·bin(pick)``: its own entries
+        carry the gradient; earlier owners' entries are a detached copy (never updated) gated by the
+        picking mask (STE). Products rather than ``where`` keep it to a few passes over the weights."""
         out: dict[str, torch.Tensor] = {}
-        for i, (name, (mine, old)) in enumerate(zip(self.layers, self._owner_masks(task))):
+        for i, (name, (mine, earlier, _)) in enumerate(zip(self.layers, self._owner_masks(task))):
             w = self.weight(name)
             if self.picks is not None:
                 p = self.picks[i]
-                reused = w.detach() * binarize(p.detach() if self.pick_frozen else p, self.threshold)
-                out[name] = torch.where(mine, w, torch.where(old, reused, 0.0))
+                out[name] = w * mine + earlier * binarize(p.detach() if self.pick_frozen else p, self.threshold)
             else:
-                out[name] = torch.where(mine, w, torch.where(old, w.detach(), 0.0))
+                out[name] = w * mine + earlier
         return out
+
+    def own_mask(self, task: int, layer: int) -> torch.Tensor:
+        """Float 0/1 mask of the entries of ``self.layers[layer]`` owned by ``task`` (cached)."""
+        return self._owner_masks(task)[layer][0]
 
     def _finished_tensors(self, task: int) -> dict[str, torch.Tensor]:
         """Everything task ``task`` (finished) computes with, at its own width, from its store."""
