@@ -15,7 +15,7 @@ from lifelong.data.scenario import legacy_permutation
 from lifelong.errors import ConfigError
 from lifelong.methods import distill
 from lifelong.methods.bic import BiasLayer, split_sizes
-from lifelong.methods.memory import Budget, ExemplarMemory, Rows, herding, join, random_selection, take
+from lifelong.methods.memory import Budget, ExemplarMemory, herding, random_selection
 from lifelong.nn.cosine import CosineIncrementalHead
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -81,21 +81,6 @@ def test_memory_keeps_priority_order_and_loads_any_size() -> None:
     assert torch.equal(fresh.memory.images, mem.images) and torch.equal(fresh.memory.labels, mem.labels)
     fresh.to(torch.float64)
     assert fresh.memory.images.dtype == torch.uint8  # exemplars stay uint8 on the CPU
-
-
-def test_rows_read_memory_mapped_sets_lazily(tmp_path: Path) -> None:
-    arr = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.uint8, shape=(10, 1, 2, 2))
-    arr[:] = np.arange(10, dtype=np.uint8)[:, None, None, None]
-    mapped = ImageSet(arr, torch.arange(10) % 3)
-    mem = ImageSet(_images(3, 200), torch.tensor([7, 7, 8]))
-    rows = take(mapped, torch.tensor([9, 2, 5]))
-    assert isinstance(rows, Rows) and rows.labels.tolist() == [0, 2, 2]
-    both = join([rows, mem])
-    assert len(both) == 6 and both.labels.tolist() == [0, 2, 2, 7, 7, 8]
-    assert both.batch_images(torch.tensor([3, 0, 2]))[:, 0, 0, 0].tolist() == [200, 9, 5]
-    assert both.subset(torch.tensor([1])).batch_images(torch.tensor([0]))[0, 0, 0, 0] == 2
-    plain = join([mem, mem])  # in-memory parts: an ordinary ImageSet
-    assert isinstance(plain, ImageSet) and len(plain) == 6
 
 
 # ---------------------------------------------------------------------------- losses

@@ -15,7 +15,7 @@ import torch
 
 from ..errors import ConfigError
 from .augment import AugmentSpec
-from .imageset import ImageSet
+from .imageset import ImageSet, RowView
 
 SETTINGS = ("task", "class")
 
@@ -26,9 +26,9 @@ class Task:
     name: str
     classes: list[int]  # the dataset's class ids, in the order the task presents them
     class_names: list[str]
-    train: ImageSet
-    val: ImageSet
-    test: ImageSet
+    train: ImageSet | RowView  # a RowView over memory-mapped folders: nothing copied into RAM
+    val: ImageSet | RowView
+    test: ImageSet | RowView
     offset: int = 0  # class-incremental: first label of this task in the growing label space
     mean: tuple[float, ...] | None = None  # per-task normalisation (CPG's CIFAR protocol); None = scenario's
     std: tuple[float, ...] | None = None
@@ -104,7 +104,7 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     return as_t(keep), as_t(held)
 
 
-def _select(data: ImageSet, classes: list[int], labels_for: dict[int, int]) -> ImageSet:
+def _select(data: ImageSet, classes: list[int], labels_for: dict[int, int]) -> ImageSet | RowView:
     mask = torch.isin(data.labels, torch.as_tensor(classes))
     idx = torch.nonzero(mask).flatten()
     sub = data.subset(idx)
@@ -115,11 +115,19 @@ def _select(data: ImageSet, classes: list[int], labels_for: dict[int, int]) -> I
     return sub.with_labels(mapping[sub.labels] if len(sub) else sub.labels)
 
 
-def channel_stats(images: ImageSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] units (as torchvision's Normalize expects)."""
-    x = torch.as_tensor(np.asarray(images.images)).float().div_(255.0)
-    dims = (0, 2, 3)
-    return tuple(x.mean(dims).tolist()), tuple(x.std(dims).clamp_min(1e-3).tolist())
+def channel_stats(images: ImageSet | RowView, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units (as torchvision's Normalize expects), read in chunks."""
+    total = torch.zeros(images.shape[0], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    count = 0
+    for idx in torch.arange(len(images)).split(chunk):
+        x = images.batch_images(idx).double().div_(255.0)
+        total += x.sum((0, 2, 3))
+        squares += x.pow(2).sum((0, 2, 3))
+        count += x.numel() // x.shape[1]
+    mean = total / max(count, 1)
+    var = (squares / max(count, 1) - mean.pow(2)) * count / max(count - 1, 1)
+    return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().clamp_min(1e-3).tolist())
 
 
 def build_tasks(

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.imageset import ImageSet
 from ..data.scenario import Task
 from ..engine.loop import Batch, Phase, StepOutput, TrainContext
 from ..engine.optim import OptimConfig
@@ -49,7 +50,7 @@ from ..errors import ConfigError
 from ..nn.heads import IncrementalHead
 from . import distill
 from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams
-from .memory import SELECTIONS, Budget, ExemplarMemory, add_exemplars, indices_of, join, replay_footprint, take
+from .memory import SELECTIONS, Budget, ExemplarMemory, add_exemplars, indices_of, replay_footprint
 
 
 @dataclass
@@ -164,14 +165,14 @@ class BiC(Method):
         self.budget.require(n_seen, 2, "bic (one training and one validation image per class)")
         reserve = self.sizes(self.tasks[0].num_classes)[1]
         pool, held = self._reserve(task, reserve, ctx.generator(salt=3))
-        new_train = take(task.train, pool)
-        train = join([new_train, self.memory.data()])
+        new_train = task.train.subset(pool)
+        train = ImageSet.concat([new_train, self.memory.data()])
         info: dict[str, Any] = {"train_samples": len(train), "reserved_per_class": reserve}
         self._stage1(task, train, ctx)
         if n_old:
             v = self.sizes(n_old)[1]
             self.val_memory.truncate(v)
-            val = join([self.val_memory.data(), take(task.train, torch.cat([h[:v] for h in held.values()]))])
+            val = ImageSet.concat([self.val_memory.data(), task.train.subset(torch.cat([h[:v] for h in held.values()]))])
             info.update(self._stage2(task, val, ctx), val_samples=len(val), val_per_class=v)
         else:
             info.update(alpha=1.0, beta=0.0, val_samples=0)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..data.imageset import ImageSet
 from ..data.scenario import Task
 from ..engine.loop import Batch, Phase, StepOutput, TrainContext
 from ..errors import ConfigError
@@ -34,7 +35,7 @@ from ..nn.heads import IncrementalHead
 from . import distill
 from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams
 from .memory import (SELECTIONS, Budget, ClassMeans, ExemplarMemory, add_exemplars, class_means, indices_of,
-                     join, replay_footprint, take)
+                     replay_footprint)
 
 
 @dataclass
@@ -99,7 +100,7 @@ class ICaRL(Method):
         cfg: ICaRLConfig = self.config
         n_old, n_seen = task.offset, task.offset + task.num_classes
         self.budget.require(n_seen, 1, "icarl")
-        train = join([task.train, self.memory.data()])
+        train = ImageSet.concat([task.train, self.memory.data()])
         teacher = None
         if n_old:
             teacher = copy.deepcopy(torch.nn.ModuleList([self.backbone, self.head])).eval().requires_grad_(False)
@@ -107,7 +108,7 @@ class ICaRL(Method):
         if aanets and n_old:  # imprint the new rows from the current features (manets.md 2.6)
             self.eval()
             means = [F.normalize(ctx.outputs(lambda x: F.normalize(self.backbone(x), dim=1),
-                                             take(task.train, indices_of(task.train.labels, c))).mean(0), dim=0)
+                                             task.train.subset(indices_of(task.train.labels, c))).mean(0), dim=0)
                      for c in range(n_old, n_seen)]
             self.head.imprint(len(self.head.chunks) - 1, torch.stack(means))  # type: ignore[operator]
         if aanets and n_old:  # old rows frozen (manets.md 4: "frozen old rows")

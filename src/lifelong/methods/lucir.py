@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..data.imageset import ImageSet
 from ..data.scenario import Task
 from ..engine.loop import Batch, Phase, StepOutput, TrainContext
 from ..engine.optim import OptimConfig
@@ -42,7 +43,7 @@ from ..nn.cosine import CosineIncrementalHead
 from . import distill
 from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams
 from .memory import (SELECTIONS, Budget, ClassMeans, ExemplarMemory, add_exemplars, class_means, indices_of,
-                     join, replay_footprint, take)
+                     replay_footprint)
 
 
 @dataclass
@@ -114,7 +115,7 @@ class LUCIR(Method):
         n_old, n_new = task.offset, task.num_classes
         n_seen = n_old + n_new
         self.budget.require(n_seen, 1, "lucir")
-        train = join([task.train, self.memory.data()])
+        train = ImageSet.concat([task.train, self.memory.data()])
         teacher = None
         if n_old:
             teacher = copy.deepcopy(self.backbone).eval().requires_grad_(False)
@@ -152,7 +153,7 @@ class LUCIR(Method):
     def _imprint(self, task: Task, ctx: TrainContext) -> None:
         self.eval()
         unit = lambda x: F.normalize(self.backbone(x), dim=1)  # noqa: E731
-        means = [F.normalize(ctx.outputs(unit, take(task.train, indices_of(task.train.labels, c))).mean(0), dim=0)
+        means = [F.normalize(ctx.outputs(unit, task.train.subset(indices_of(task.train.labels, c))).mean(0), dim=0)
                  for c in range(task.offset, task.offset + task.num_classes)]
         self.head.imprint(len(self.head.chunks) - 1, torch.stack(means))
 

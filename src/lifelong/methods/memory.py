@@ -11,8 +11,7 @@ Three small pieces, shared by the replay methods:
   changes from task to task; they travel in ``state_dict`` and load back whatever their
   size (``ResizableBuffers``), and stay on the CPU where the loop reads batches.
 
-Also here: nearest-mean-of-exemplars helpers (class means, NME scores) and ``take``/``join``,
-which select and join rows of image sets without copying memory-mapped folders into RAM.
+Also here: nearest-mean-of-exemplars helpers (class means, NME scores).
 """
 
 from __future__ import annotations
@@ -236,64 +235,6 @@ def class_means(ctx: Any, features: Callable[[torch.Tensor], torch.Tensor], memo
     return out
 
 
-# ---------------------------------------------------------------------------- rows of image sets
-class Rows:
-    """Selected rows of image sets (each possibly a memory-mapped folder), read batch by batch.
-
-    ``ImageSet.subset``/``concat`` copy their rows into RAM, which is what in-memory benchmarks
-    want but not a 128,000-image ImageNet-1000 step. ``Rows`` offers what the loop and
-    ``ctx.outputs`` read from an ImageSet (``len``, ``labels``, ``tasks``, ``class_names``,
-    ``shape``, ``batch_images``, ``subset``) without copying.
-    """
-
-    def __init__(self, parts: list[tuple[Any, torch.Tensor]]) -> None:
-        self.parts = [(d, torch.as_tensor(i, dtype=torch.long)) for d, i in parts if len(i)]
-        self.labels = torch.cat([d.labels[i] for d, i in self.parts]) if self.parts else torch.zeros(0, dtype=torch.long)
-        self.tasks = None
-        self.class_names: list[str] = self.parts[0][0].class_names if self.parts else []
-        self._starts = torch.tensor([0] + np.cumsum([len(i) for _, i in self.parts]).tolist())
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.parts[0][0].shape)
-
-    def batch_images(self, index: torch.Tensor) -> torch.Tensor:
-        index = torch.as_tensor(index, dtype=torch.long)
-        part = torch.bucketize(index, self._starts[1:], right=True)
-        out: torch.Tensor | None = None
-        for p in part.unique().tolist():
-            sel = part == p
-            data, rows = self.parts[p]
-            imgs = torch.as_tensor(data.batch_images(rows[index[sel] - self._starts[p]]))
-            if out is None:
-                out = torch.empty((len(index), *imgs.shape[1:]), dtype=imgs.dtype)
-            out[sel] = imgs
-        assert out is not None, "empty batch"
-        return out
-
-    def subset(self, index: torch.Tensor | np.ndarray) -> "Rows":
-        return Rows([(self, torch.as_tensor(index, dtype=torch.long))])
-
-
-def take(data: Any, index: torch.Tensor) -> ImageSet:
-    """Rows ``index`` of ``data``: a copy for in-memory sets, a lazy ``Rows`` view for memory-mapped ones."""
-    if isinstance(data, ImageSet) and isinstance(data.images, torch.Tensor):
-        return data.subset(index)
-    return Rows([(data, index)])  # type: ignore[return-value]
-
-
-def join(parts: list[Any]) -> ImageSet:
-    """Concatenate image sets (e.g. new data + exemplars): ``ImageSet.concat`` when every part is in
-    memory, else a lazy ``Rows`` view."""
-    parts = [p for p in parts if p is not None and len(p)]
-    if all(isinstance(p, ImageSet) and isinstance(p.images, torch.Tensor) for p in parts):
-        return ImageSet.concat([ImageSet(p.images, p.labels, None, p.class_names) for p in parts])
-    return Rows([(p, torch.arange(len(p))) for p in parts])  # type: ignore[return-value]
-
-
 def indices_of(labels: torch.Tensor, c: int) -> torch.Tensor:
     return torch.nonzero(labels == c).flatten()
 
@@ -306,7 +247,7 @@ def add_exemplars(ctx: Any, memory: ExemplarMemory, features: Callable[[torch.Te
     features are test-transformed (manets.md 1.2, bic.md 1.2)."""
     chosen: dict[int, tuple[torch.Tensor, int]] = {}
     for c in classes:
-        rows = take(data, indices_of(data.labels, c))
+        rows = data.subset(indices_of(data.labels, c))
         order = select(strategy, lambda: ctx.outputs(features, rows), len(rows), m, gen, normalize)
         chosen[c] = (torch.as_tensor(rows.batch_images(order)) if len(order) else torch.zeros(0, dtype=torch.uint8), c)
     memory.replace(chosen)
