@@ -1,11 +1,11 @@
 """Cost of CPG's masked backbone against the plain backbone: training (and inference) samples/s.
 
 Same backbone (seeded identically), same synthetic CIFAR-sized batch, same hand-written step;
-the only difference is the model. "masked" is CPG's situation for a task t >= 2: task 1 owns
-half of every layer (the other half was pruned and handed over), the current task owns the
-rest and learns a picking mask over task 1's weights (SGD on weights, Adam on the mask, weight
-decay on its own weights only), forward through ``MaskedBackbone`` (functional call with
-``where(owner...)`` effective weights and the straight-through binariser). Inference compares
+the only difference is the model. "masked" is task 2 of a stream whose task 1 owns half of
+every layer (the other half was pruned and handed over to task 2): forward through
+``MaskedBackbone`` (functional call with ``W·own + W_earlier·bin(pick)`` effective weights),
+weight decay on the task's own weights only; with picking (CPG: a real-valued mask per weight,
+straight-through binariser, Adam) and without (PackNet: every earlier weight reused). Inference compares
 a finished task's stored path (cropped, cached effective weights) with the plain network.
 
     python bench/masked_overhead.py [--backbone resnet32] [--batch 32] [--steps 20]
@@ -65,33 +65,42 @@ def main() -> None:
         F.cross_entropy(head(net(x)), y).backward()
         opt.step()
 
-    # masked: CPG task 2 over a task 1 that kept half of each layer
-    mb = MaskedBackbone(make(), make)
-    mb.claim_free(0)
-    prune_layerwise(mb, 0, 0.5)
-    mb.finish_task(0)
-    mb.claim_free(1)
-    picks = mb.start_picking(1)
-    mhead = torch.nn.Linear(mb.out_dim, 10)
-    own = mb.owned_weights(1) + mb.private_parameters() + list(mhead.parameters())
-    mopt = torch.optim.SGD(own, lr=1e-3, momentum=0.9, nesterov=True)
-    popt = torch.optim.Adam(list(picks), lr=5e-4)
-    mb.train()
+    # masked: task 2 over a task 1 that kept half of each layer; CPG picks (Adam on a real-valued
+    # mask per weight), PackNet reuses every earlier weight without a mask
+    def masked(picking: bool):
+        mb = MaskedBackbone(make(), make)
+        mb.claim_free(0)
+        prune_layerwise(mb, 0, 0.5)
+        mb.finish_task(0)
+        mb.claim_free(1)
+        mhead = torch.nn.Linear(mb.out_dim, 10)
+        own = mb.owned_weights(1) + mb.private_parameters() + list(mhead.parameters())
+        mopt = torch.optim.SGD(own, lr=1e-3, momentum=0.9, nesterov=True)
+        popt = torch.optim.Adam(list(mb.start_picking(1)), lr=5e-4) if picking else None
+        mb.train()
 
-    def masked_step(x: torch.Tensor, y: torch.Tensor) -> None:
-        mopt.zero_grad(set_to_none=True)
-        popt.zero_grad(set_to_none=True)
-        F.cross_entropy(mhead(mb(x, 1)), y).backward()
-        with torch.no_grad():  # CPG's weight decay on the task's own weights only (IsolationMethod.decay_hook)
-            for i, name in enumerate(mb.layers):
-                w = mb.weight(name)
-                if w.grad is not None:
-                    w.grad.addcmul_(w, mb.own_mask(1, i), value=4e-5)
-        mopt.step()
-        popt.step()
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
+            mopt.zero_grad(set_to_none=True)
+            if popt is not None:
+                popt.zero_grad(set_to_none=True)
+            F.cross_entropy(mhead(mb(x, 1)), y).backward()
+            with torch.no_grad():  # weight decay on the task's own weights only (IsolationMethod.decay_hook)
+                for i, name in enumerate(mb.layers):
+                    w = mb.weight(name)
+                    if w.grad is not None:
+                        w.grad.addcmul_(w, mb.own_mask(1, i), value=4e-5)
+            mopt.step()
+            if popt is not None:
+                popt.step()
+
+        return mb, step
+
+    mb, cpg_step = masked(True)
+    _, packnet_step = masked(False)
 
     plain = samples_per_s(plain_step, batches)
-    masked = samples_per_s(masked_step, batches)
+    cpg = samples_per_s(cpg_step, batches)
+    packnet = samples_per_s(packnet_step, batches)
 
     net.eval()
     mb.eval()
@@ -101,7 +110,8 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"backbone {a.backbone} ({sum(mb.weight(n).numel() for n in mb.layers):,} maskable weights), "
           f"batch {a.batch}, {a.size}px, {a.steps} steps, best of 3")
-    print(f"train samples/s: plain {plain:.0f}, masked (CPG task 2) {masked:.0f}, ratio {masked / plain:.3f}")
+    print(f"train samples/s: plain {plain:.0f}, masked with picking (CPG task 2) {cpg:.0f}, ratio {cpg / plain:.3f}; "
+          f"masked without picking (PackNet task 2) {packnet:.0f}, ratio {packnet / plain:.3f}")
     print(f"eval  samples/s: plain {plain_eval:.0f}, masked (stored task 1) {stored_eval:.0f}, ratio {stored_eval / plain_eval:.3f}")
 
 
