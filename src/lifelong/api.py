@@ -66,7 +66,7 @@ def create_method(method: str, scenario: Scenario, device: str = "auto", **overr
     sets = [f"{k.replace('__', '.')}={_yaml(v)}" for k, v in overrides.items()]
     cfg = resolve(method, scenario.name, scenario.setting, sets=sets, overrides={"epochs": epochs, "device": device})
     dev = pick_device(cfg.device)
-    return build_method(cfg, scenario, dev), TrainContext(dev, scenario.augment, cfg.seed)
+    return build_method(cfg, scenario, dev), TrainContext(dev, scenario.augment, cfg.seed, num_tasks=len(scenario))
 
 
 def load_run(run_dir: str | Path, data_root: str | Path | None = None, device: str = "auto") -> tuple[Method, Scenario, RunConfig]:

@@ -91,7 +91,8 @@ class TrainContext:
     """
 
     def __init__(self, device: torch.device, augment_spec: AugmentSpec, seed: int = 0, precision: str = "32",
-                 epoch_log: Callable[[dict], None] | None = None, progress: bool = False) -> None:
+                 epoch_log: Callable[[dict], None] | None = None, progress: bool = False,
+                 num_tasks: int | None = None) -> None:
         self.device = device
         self.augment_spec = augment_spec
         self.seed = seed
@@ -102,7 +103,7 @@ class TrainContext:
         self._phase_counter = 0
         self.task_mean: tuple[float, ...] | None = None
         self.task_std: tuple[float, ...] | None = None
-        self.num_tasks: int | None = None  # length of the stream when known (set by the runner)
+        self.num_tasks = num_tasks  # length of the stream when known (CPG's reserved capacity)
 
     # ------------------------------------------------------------------ RNG
     def start_task(self, task_id: int, mean=None, std=None) -> None:
