@@ -17,8 +17,15 @@ backbone works. For task ``k`` (cpg.md 5):
 
 with ``pick_k`` the task's binarised picking mask (all ones when the task has none, as in
 PackNet). Finished tasks run at their own width: the grown tensors are cropped to the
-shapes the task had (cpg.md 5, pitfall 15), so their compute graph and bits never change.
-``torch.where`` (not a multiply) keeps masked entries at +0.0 whatever the stored value.
+shapes the task had (cpg.md 5, pitfall 15), so their compute graph and bits never change;
+their effective weights are built with ``torch.where`` (masked entries are +0.0 whatever the
+stored value) and cached while nothing changes.
+
+The task being trained computes the same weights as ``W·own + W_earlier·bin(pick)``: its own
+entries carry the gradient, the earlier owners' entries come from a detached copy (so their
+gradient, and any optimiser state for them, is exactly zero: cpg.md pitfall 4 by construction
+rather than by zeroing gradients in a hook), and the picking mask gets the straight-through
+gradient ``dL/dW_eff · W``. Products of cached masks keep this to a few passes over the weights.
 """
 
 from __future__ import annotations
