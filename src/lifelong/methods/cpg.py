@@ -125,6 +125,8 @@ def load_goals(goals: list[float] | str) -> list[float] | dict[str, float] | Non
 
 
 class CPG(IsolationMethod):
+    settings = ("task",)  # a task id chooses the sub-network
+    guarantees_unforgetting = True  # the runner verifies old tasks' logits stay bit-identical
     name = "cpg"
     paper = "CPG: Compacting, Picking and Growing (Hung et al., NeurIPS 2019)"
     Config = CPGConfig

@@ -42,6 +42,8 @@ class PackNetConfig(TrainHParams):
 
 
 class PackNet(IsolationMethod):
+    settings = ("task",)  # a task id chooses the sub-network
+    guarantees_unforgetting = True  # the runner verifies old tasks' logits stay bit-identical
     name = "packnet"
     paper = "PackNet (Mallya & Lazebnik, CVPR 2018), CPG-repo CIFAR variant"
     Config = PackNetConfig

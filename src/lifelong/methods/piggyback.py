@@ -51,6 +51,8 @@ class PiggybackConfig(TrainHParams):
 
 
 class Piggyback(IsolationMethod):
+    settings = ("task",)  # a task id chooses the sub-network
+    guarantees_unforgetting = True  # the runner verifies old tasks' logits stay bit-identical
     name = "piggyback"
     paper = "Piggyback (Mallya, Davis & Lazebnik, ECCV 2018)"
     Config = PiggybackConfig
