@@ -22,6 +22,7 @@ def test_defaults_are_the_papers_and_digits_budget() -> None:
 
 
 def test_set_is_typed_and_routed() -> None:
+    assert resolve("finetune", "digits", "task", sets=["lr=1e-3"]).hparams.lr == 0.001  # YAML 1.1 reads 1e-3 as a string
     cfg = resolve("finetune", "digits", "task", sets=["lr=0.5", "backbone.width=2", "benchmark.class_order=[9,8,7,6,5,4,3,2,1,0]",
                                                      "nesterov=false", "milestones=[3]"])
     assert cfg.hparams.lr == 0.5 and cfg.backbone.width == 2.0 and cfg.benchmark_options.class_order[0] == 9
@@ -30,6 +31,7 @@ def test_set_is_typed_and_routed() -> None:
 
 @pytest.mark.parametrize("item,match", [
     ("lr=abc", "lr='abc' is not a number"),
+    ("lr=nan", "finite"),
     ("epochs=2.5", "not an integer"),
     ("lrr=0.1", "did you mean lr"),
     ("backbone.widht=2", "did you mean width"),
