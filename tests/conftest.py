@@ -83,3 +83,22 @@ def stl_root(tmp_path: Path) -> Path:
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Decoded-image caches go to the test's own folder, never the user's home."""
     monkeypatch.setenv("LIFELONG_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is faster than several on a small, shared CPU."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def deterministic() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(True, warn_only=True)

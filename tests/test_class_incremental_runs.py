@@ -20,13 +20,7 @@ from conftest import write_image_folder
 VARIANT = {"icarl": "cnn", "lucir": "nme", "bic": "before_correction"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> object:
-    """Tiny networks: one intra-op thread is faster than two, and far faster on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,7 @@ from lifelong.report.footprint import MB, architecture_counts, footprint_table
 FINE_GRAINED = [1000, 200, 196, 102, 195, 250]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_resnet50_counts_match_the_paper_inputs() -> None:

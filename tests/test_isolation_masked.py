@@ -13,19 +13,7 @@ from lifelong.nn.backbones import BackboneConfig, build_backbone
 from lifelong.nn.masked import MaskedBackbone, binarize, crop, pack_bits, unpack_bits
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster than several on a small, shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _deterministic() -> None:
-    torch.manual_seed(0)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+pytestmark = pytest.mark.usefixtures("one_thread", "deterministic")
 
 
 def factory(name: str, channels: int, size: int, base_width: float = 1.0):

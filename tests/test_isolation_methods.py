@@ -23,19 +23,7 @@ FAST: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster than several on a small, shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _deterministic() -> None:
-    torch.manual_seed(0)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+pytestmark = pytest.mark.usefixtures("one_thread", "deterministic")
 
 
 def train_stream(method: str, tasks: int = 3, **overrides: Any):

@@ -96,6 +96,12 @@ class TrainHParams:
 
 
 # ``make_backbone()`` builds a fresh backbone; ``make_backbone(width=m)`` one with m times the channels (CPG growing).
+def check_choice(name: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
+    """Raise the one-line ``ConfigError`` for a hyperparameter outside its allowed values."""
+    if value not in allowed:
+        raise ConfigError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+
+
 BackboneFactory = Callable[..., nn.Module]
 
 

@@ -49,7 +49,7 @@ from ..engine.optim import OptimConfig
 from ..errors import ConfigError
 from ..nn.heads import IncrementalHead
 from . import distill
-from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams
+from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, check_choice
 from .memory import SELECTIONS, Budget, ExemplarMemory, add_exemplars, indices_of, replay_footprint
 
 
@@ -86,10 +86,8 @@ class BiCConfig(TrainHParams):
     def validate(self) -> None:
         super().validate()
         Budget(self.budget, self.memory)
-        if self.bias_bn not in ("eval", "batch"):
-            raise ConfigError(f"bias_bn {self.bias_bn!r} is not one of eval, batch")
-        if self.selection not in SELECTIONS:
-            raise ConfigError(f"selection {self.selection!r} is not one of {', '.join(SELECTIONS)}")
+        check_choice("bias_bn", self.bias_bn, ("eval", "batch"))
+        check_choice("selection", self.selection, SELECTIONS)
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.val_min < 0:

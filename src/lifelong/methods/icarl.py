@@ -29,11 +29,10 @@ import torch.nn.functional as F
 from ..data.imageset import ImageSet
 from ..data.scenario import Task
 from ..engine.loop import Batch, Phase, StepOutput, TrainContext
-from ..errors import ConfigError
 from ..nn.cosine import CosineIncrementalHead
 from ..nn.heads import IncrementalHead
 from . import distill
-from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams
+from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, check_choice
 from .memory import (SELECTIONS, Budget, ClassMeans, ExemplarMemory, add_exemplars, class_means, indices_of,
                      replay_footprint)
 
@@ -62,11 +61,9 @@ class ICaRLConfig(TrainHParams):
     def validate(self) -> None:
         super().validate()
         Budget(self.budget, self.memory)
-        for name, value, allowed in (("variant", self.variant, ("original", "aanets")),
-                                     ("classifier", self.classifier, ("nme", "cnn")),
-                                     ("selection", self.selection, SELECTIONS)):
-            if value not in allowed:
-                raise ConfigError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+        check_choice("variant", self.variant, ("original", "aanets"))
+        check_choice("classifier", self.classifier, ("nme", "cnn"))
+        check_choice("selection", self.selection, SELECTIONS)
 
 
 class ICaRL(Method):

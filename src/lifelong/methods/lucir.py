@@ -41,7 +41,7 @@ from ..engine.optim import OptimConfig
 from ..errors import ConfigError
 from ..nn.cosine import CosineIncrementalHead
 from . import distill
-from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams
+from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, check_choice
 from .memory import (SELECTIONS, Budget, ClassMeans, ExemplarMemory, add_exemplars, class_means, indices_of,
                      replay_footprint)
 
@@ -76,10 +76,8 @@ class LUCIRConfig(TrainHParams):
     def validate(self) -> None:
         super().validate()
         Budget(self.budget, self.memory)
-        if self.classifier not in ("nme", "cnn"):
-            raise ConfigError(f"classifier {self.classifier!r} is not one of nme, cnn")
-        if self.selection not in SELECTIONS:
-            raise ConfigError(f"selection {self.selection!r} is not one of {', '.join(SELECTIONS)}")
+        check_choice("classifier", self.classifier, ("nme", "cnn"))
+        check_choice("selection", self.selection, SELECTIONS)
         if self.K < 1:
             raise ConfigError(f"K must be at least 1, got {self.K}")
 
