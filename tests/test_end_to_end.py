@@ -117,3 +117,29 @@ def test_stl10_folder_and_list_end_to_end(stl_root: Path, tmp_path: Path) -> Non
     r = lifelong.run(method="finetune", benchmark="list", setting="class", data_root=folder, epochs=1, tasks=2,
                      backbone="convnet", benchmark__image_size=16, out=tmp_path / "lr")
     assert len(r.accuracy) == 2
+
+
+def test_killed_run_resumes_to_the_uninterrupted_matrix(tmp_path: Path) -> None:
+    """SIGKILL a real ``lifelong run`` once its second checkpoint exists, then ``--resume`` it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["run", "--method", "finetune", "--benchmark", "digits", "--epochs", "3", "--quiet"]
+    full = lifelong.run(method="finetune", benchmark="digits", epochs=3, out=tmp_path / "full")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "lifelong", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "task-02.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoints" / "task-02.pt").exists()
+    (out / "checkpoints" / ".task-03.pt.k1ll3d").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves
+    code = main([*args, "--resume", "--out", str(out)])
+    assert code == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["accuracy"] == full.accuracy
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"task-0{i}.pt" for i in range(1, 6)]

@@ -21,6 +21,8 @@ from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 
 LOG_FIELDS = ["task", "phase", "epoch", "loss", "accuracy", "lr", "seconds", "samples_per_s"]
 _CKPT = re.compile(r"task-(\d+)\.pt$")
+# atomic_write_bytes's temp names: ".<final name>.<random>"
+_TEMP = re.compile(r"^\.(config\.yaml|metrics\.json|log\.csv|accuracy\.png|task-\d+\.pt)\..+$")
 
 
 class RunDir:
@@ -37,10 +39,15 @@ class RunDir:
         return RunDir(path)
 
     def create(self) -> None:
+        """Make the folder; remove temp files a killed run left behind (they were never renamed into place)."""
         if not self.writable:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "checkpoints").mkdir(exist_ok=True)
+        for folder in (self.path, self.path / "checkpoints"):
+            for tmp in folder.iterdir():
+                if tmp.is_file() and _TEMP.match(tmp.name):
+                    tmp.unlink(missing_ok=True)
 
     # ------------------------------------------------------------- files
     def write_config(self, config: dict[str, Any]) -> None:
