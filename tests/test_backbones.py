@@ -35,6 +35,15 @@ def test_resnet32_and_vgg16_bn_cpg_counts() -> None:
     assert sum(m.num_features for m in vgg.modules() if isinstance(m, torch.nn.BatchNorm2d)) == 4224
 
 
+def test_cnn20_matches_the_spherenet_layout() -> None:
+    net = build_backbone(BackboneConfig("cnn20"), 3, 112)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 20 and all(c.bias is not None and c.kernel_size == (3, 3) for c in convs)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert sum(isinstance(m, torch.nn.PReLU) for m in net.modules()) == 20
+    assert net.out_dim == 25_088 and net(torch.zeros(1, 3, 112, 112)).shape == (1, 25_088)  # cpg.md 3: 512*7*7
+
+
 def test_small_backbones_forward() -> None:
     for name, shape in (("convnet", (3, 1, 8, 8)), ("mlp", (3, 1, 8, 8))):
         net = build_backbone(BackboneConfig(name), 1, 8)

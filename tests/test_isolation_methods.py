@@ -173,6 +173,28 @@ def test_presets_resolve_to_the_papers_settings(preset: str, method: str, backbo
         assert cfg.hparams.max_param_multiplier == 1.0 and cfg.hparams.schedule == "plateau"
 
 
+def test_face_preset_resolves_to_the_face_protocol() -> None:
+    from lifelong.config import resolve
+
+    cfg = resolve(config_file=Path(__file__).parent.parent / "configs" / "cpg-face-cnn20.yaml")
+    assert (cfg.method, cfg.backbone.name, cfg.benchmark) == ("cpg", "cnn20", "folder")
+    assert cfg.benchmark_options.task_sizes == [3, 7, 8] and cfg.benchmark_options.image_size == 112
+    hp = cfg.hparams
+    assert (hp.batch_size, hp.lr, hp.prune_lr, hp.mask_lr, hp.plateau_patience) == (128, 5e-4, 5e-4, 5e-4, 10)
+    assert hp.max_param_multiplier == 1.0 and hp.goals == [0.9080, 0.6254, 0.6531]
+
+
+def test_cpg_trains_on_cnn20_with_per_task_biases_and_prelu(tmp_path: Path) -> None:
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "f", ["a1", "a2", "b1", "b2", "b3"], per_class=8)
+    r = lifelong.run(method="cpg", benchmark="folder", data_root=root, epochs=1, backbone="cnn20",
+                     benchmark__image_size=16, benchmark__task_sizes=[2, 3], out=tmp_path / "c",
+                     prune_ratios=[0.5], retrain_epochs=1, goals=[0.0, 0.0])
+    assert r.metrics["unforgetting_verified"] is True and r.forgetting[0] == 0.0
+    assert [t["info"]["pruning_ratio"] for t in r.metrics["tasks"]] == [0.5, 0.5]
+
+
 def test_piggyback_on_published_weights_masks_every_task_and_never_trains_them(tmp_path: Path) -> None:
     from lifelong.nn.backbones import BackboneConfig, build_backbone
 

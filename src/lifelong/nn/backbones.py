@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from .cnn20 import CNN20
 from .convnets import MLP, SmallConvNet
 from .preact_resnet import PreActResNet18
 from .resnet import BasicBlock, Bottleneck, CifarResNet, ResNet
@@ -50,6 +51,7 @@ BUILDERS: dict[str, Callable[[BackboneConfig, int, int], nn.Module]] = {
     "resnet18": lambda c, ch, s: ResNet(BasicBlock, [2, 2, 2, 2], ch, c.width, _cifar_stem(c, s), c.last_relu),
     "resnet50": lambda c, ch, s: ResNet(Bottleneck, [3, 4, 6, 3], ch, c.width, _cifar_stem(c, s), c.last_relu),
     "vgg16_bn": lambda c, ch, s: VGG16BN(ch, c.width, s),
+    "cnn20": lambda c, ch, s: CNN20(ch, c.width, s),  # CPG's face experiment (cpg.md 3)
     "preact_resnet18": lambda c, ch, s: PreActResNet18(ch, c.width, _cifar_stem(c, s), c.last_relu),  # BiC (bic.md 2)
 }
 
