@@ -138,7 +138,7 @@ def test_killed_run_resumes_to_the_uninterrupted_matrix(tmp_path: Path) -> None:
     proc.wait()
     assert (out / "checkpoints" / "task-02.pt").exists()
     (out / "checkpoints" / ".task-03.pt.k1ll3d").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves
-    code = main([*args, "--resume", "--out", str(out)])
+    code = main(["run", "--resume", "--out", str(out), "--quiet"])
     assert code == 0
     resumed = json.loads((out / "metrics.json").read_text())
     assert resumed["accuracy"] == full.accuracy

@@ -34,6 +34,8 @@ def run(method: str, benchmark: str, setting: str | None = None, out: str | Path
     ``overrides``: ``tasks``, ``base``, ``increment``, ``memory``, ``backbone``, ``device``, ``precision``,
     ``keep`` as on the command line; any other keyword is a ``--set`` key (``lr=0.05``,
     ``backbone__width=2`` for ``backbone.width``, ``benchmark__class_order=[...]``).
+    ``resume=True`` continues the run in ``out`` as its checkpoint's configuration says; of the
+    arguments given, only ``device``, ``precision`` and ``data_root`` apply then.
     """
     flags = {k: v for k, v in overrides.items() if k in _CLI_KEYS}
     sets = [f"{k.replace('__', '.')}={_yaml(v)}" for k, v in overrides.items() if k not in _CLI_KEYS]

@@ -77,9 +77,16 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.resume:
         if not a.out:
             raise ConfigError("--resume needs --out DIR, the run folder to continue")
+        fixed = [f"--{k.replace('_', '-')}" for k in ("method", "benchmark", "setting", "config", "seed", "epochs", "tasks",
+                                                      "base", "increment", "memory", "backbone", "keep")
+                 if getattr(a, k) is not None] + (["--set"] if a.set else [])
+        if fixed:
+            raise ConfigError(f"--resume continues the run as its config.yaml says; drop {', '.join(fixed)} "
+                              "(only --data-root, --device and --precision may change)")
         from .config import RunConfig
 
-        cfg = RunConfig(method="", benchmark="", setting="", device=a.device or "auto", precision=a.precision or "32")
+        cfg = RunConfig(method="", benchmark="", setting="", device=a.device or "auto", precision=a.precision or "32",
+                        data_root=a.data_root)
     else:
         cfg = resolve(a.method, a.benchmark, a.setting, Path(a.config) if a.config else None, a.set, flags)
     say = (lambda s: None) if a.quiet else print

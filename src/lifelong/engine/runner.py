@@ -165,6 +165,7 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
             raise CheckpointError(f"{out} has no checkpoint to resume from; start it again without --resume")
         saved = from_dict(ckpt["config"])
         saved.device, saved.precision = cfg.device, cfg.precision  # where to continue is the user's choice
+        saved.data_root = cfg.data_root or saved.data_root  # ... and where the data now lives
         cfg = saved
     else:
         out = Path(out) if out else default_out(cfg)
