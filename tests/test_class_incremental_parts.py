@@ -5,12 +5,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
-from lifelong.data.imageset import ImageSet
 from lifelong.data.scenario import legacy_permutation
 from lifelong.errors import ConfigError
 from lifelong.methods import distill

@@ -125,8 +125,8 @@ def test_image_folder_decoded_once_into_cache(tmp_path: Path) -> None:
 
 def test_list_file_reader(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path / "imgs", ["a", "b"], per_class=2)
-    (tmp_path / "imgs" / "train.txt").write_text("a/img0.png 0\na/img1.png 0\nb/img0.png 1\n\nb/img1.png 1\n")
-    s = images.load_list(tmp_path / "imgs" / "train.txt", tmp_path / "imgs", size=8, cache_dir=tmp_path / "c")
+    (root / "train.txt").write_text("a/img0.png 0\na/img1.png 0\nb/img0.png 1\n\nb/img1.png 1\n")
+    s = images.load_list(root / "train.txt", root, size=8, cache_dir=tmp_path / "c")
     assert s.labels.tolist() == [0, 0, 1, 1] and s.images.shape == (4, 3, 8, 8)
 
 

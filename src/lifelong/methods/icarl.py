@@ -33,7 +33,7 @@ from ..nn.cosine import CosineIncrementalHead
 from ..nn.heads import IncrementalHead
 from . import distill
 from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, check_choice
-from .memory import (SELECTIONS, Budget, ClassMeans, ExemplarMemory, add_exemplars, class_means, indices_of,
+from .memory import (SELECTIONS, Budget, ClassMeans, ExemplarMemory, add_exemplars, class_means, new_class_means,
                      replay_footprint)
 
 
@@ -104,10 +104,8 @@ class ICaRL(Method):
         aanets = cfg.variant == "aanets"
         if aanets and n_old:  # imprint the new rows from the current features (manets.md 2.6)
             self.eval()
-            means = [F.normalize(ctx.outputs(lambda x: F.normalize(self.backbone(x), dim=1),
-                                             task.train.subset(indices_of(task.train.labels, c))).mean(0), dim=0)
-                     for c in range(n_old, n_seen)]
-            self.head.imprint(len(self.head.chunks) - 1, torch.stack(means))  # type: ignore[operator]
+            means = new_class_means(ctx, self.backbone, task.train, range(n_old, n_seen))
+            self.head.imprint(len(self.head.chunks) - 1, means)  # type: ignore[operator]
         if aanets and n_old:  # old rows frozen (manets.md 4: "frozen old rows")
             params = list(self.backbone.parameters()) + list(self.head.chunks[-1].parameters()) + [self.head.sigma]
         else:

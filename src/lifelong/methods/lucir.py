@@ -42,7 +42,7 @@ from ..errors import ConfigError
 from ..nn.cosine import CosineIncrementalHead
 from . import distill
 from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, check_choice
-from .memory import (SELECTIONS, Budget, ClassMeans, ExemplarMemory, add_exemplars, class_means, indices_of,
+from .memory import (SELECTIONS, Budget, ClassMeans, ExemplarMemory, add_exemplars, class_means, new_class_means,
                      replay_footprint)
 
 
@@ -150,10 +150,8 @@ class LUCIR(Method):
     @torch.no_grad()
     def _imprint(self, task: Task, ctx: TrainContext) -> None:
         self.eval()
-        unit = lambda x: F.normalize(self.backbone(x), dim=1)  # noqa: E731
-        means = [F.normalize(ctx.outputs(unit, task.train.subset(indices_of(task.train.labels, c))).mean(0), dim=0)
-                 for c in range(task.offset, task.offset + task.num_classes)]
-        self.head.imprint(len(self.head.chunks) - 1, torch.stack(means))
+        means = new_class_means(ctx, self.backbone, task.train, range(task.offset, task.offset + task.num_classes))
+        self.head.imprint(len(self.head.chunks) - 1, means)
 
     @torch.no_grad()
     def _update_memory(self, task: Task, ctx: TrainContext) -> None:

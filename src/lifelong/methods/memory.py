@@ -20,7 +20,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -233,6 +232,15 @@ def class_means(ctx: Any, features: Callable[[torch.Tensor], torch.Tensor], memo
         if sel.any():
             out[c] = F.normalize(feats[sel].mean(0), dim=0)
     return out
+
+
+@torch.no_grad()
+def new_class_means(ctx: Any, backbone: nn.Module, data: Any, classes: range) -> torch.Tensor:
+    """Unit-length mean of the L2-normalised features of each class in ``classes`` (test transform):
+    the weight-imprinting rows of LUCIR's cosine head (manets.md 2.6). Callers set eval mode."""
+    unit = lambda x: F.normalize(backbone(x), dim=1)  # noqa: E731
+    return torch.stack([F.normalize(ctx.outputs(unit, data.subset(indices_of(data.labels, c))).mean(0), dim=0)
+                        for c in classes])
 
 
 def indices_of(labels: torch.Tensor, c: int) -> torch.Tensor:
