@@ -177,6 +177,11 @@ class Method(nn.Module):
         """Exemplars stored (class-incremental replay methods); None when a method keeps none."""
         return None
 
+    def task_summary(self, info: dict[str, Any]) -> str:
+        """A few words on what the method decided for a task (CPG's ratio and growth, BiC's alpha and
+        beta), printed after the task's accuracy line; ``info`` is what ``fit_task`` returned."""
+        return ""
+
 
 def module_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
