@@ -96,6 +96,23 @@ def test_sigmoid_distillation_matches_hand_value() -> None:
     assert plain.item() == pytest.approx((-math.log(_sig(2)) - math.log(1 - _sig(-1))) / 2, abs=1e-6)
 
 
+def test_sigmoid_distillation_is_normalised_by_the_full_output_layer() -> None:
+    # A 3-step toy stream of 2 classes each (6 outputs in the original's layer). Step 2 (n_seen 4):
+    # sample 1, label 3, teacher logits (0, ln 3) -> targets (.5, .75, 0, 1); sample 2, label 2,
+    # teacher (0, 0) -> (.5, .5, 1, 0). The Theano mean is over batch x 6 outputs, not batch x 4.
+    def bce(z: float, t: float) -> float:
+        return -(t * math.log(_sig(z)) + (1 - t) * math.log(1 - _sig(z)))
+
+    logits = torch.tensor([[1.0, 0.0, -2.0, 0.5], [0.0, -1.0, 3.0, 1.0]])
+    teacher = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])
+    got = distill.sigmoid_distillation(logits, torch.tensor([3, 2]), teacher, num_outputs=6)
+    want = (bce(1, .5) + bce(0, .75) + bce(-2, 0) + bce(.5, 1) + bce(0, .5) + bce(-1, .5) + bce(3, 1) + bce(1, 0)) / (2 * 6)
+    assert got.item() == pytest.approx(want, abs=1e-6)
+    # step 1 (2 outputs seen of 6) is scaled by 2/6, not left at the seen-class mean
+    first = distill.sigmoid_distillation(logits[:, :2], torch.tensor([0, 1]), None, num_outputs=6)
+    assert first.item() == pytest.approx((bce(1, 1) + bce(0, 0) + bce(0, 0) + bce(-1, 1)) / 12, abs=1e-6)
+
+
 def test_kl_and_soft_cross_entropy_match_hand_values() -> None:
     s, t = torch.tensor([[0.0, 2.0]]), torch.tensor([[0.0, 0.0]])
     p = [1 / (1 + math.e), math.e / (1 + math.e)]  # softmax([0, 2] / 2)
@@ -192,12 +209,39 @@ def test_presets_resolve_with_the_papers_protocols() -> None:
     for name in names:
         cfg = resolve(config_file=CONFIGS / name)
         assert cfg.setting == "class"
-        key = name.split("-", 2)[2].removesuffix(".yaml")
-        if key in increments:
+        key = next((k for k in increments if f"-{k}" in name), None)
+        if key:
             assert (cfg.benchmark_options.base, cfg.benchmark_options.increment) == increments[key]
         if "imagenet" in name:
             n = 1000 if "1000" in name else 100
             raw = yaml.safe_load((CONFIGS / name).read_text())
             assert raw["benchmark_options"]["class_order"] == legacy_permutation(n, 1993)
             assert cfg.backbone.name == "preact_resnet18" and cfg.hparams.memory == 20 * n
-    assert resolve(config_file=CONFIGS / "lucir-cifar100-b50-5steps.yaml").backbone.last_relu is False
+        text = (CONFIGS / name).read_text()
+        # Each preset states its budget and cites only numbers obtained with it (issue: PODNet = 20/class).
+        if "-20pc" in name:
+            assert (cfg.hparams.budget, cfg.hparams.memory) == ("per_class", 20) and "PODNet" in text
+        elif "cifar100" in name and not name.startswith("lucir") and "fixed2000" not in name:
+            assert (cfg.hparams.budget, cfg.hparams.memory) == ("total", 2000)
+            assert "PODNet" not in text or "uses 20" in text
+        if name.startswith("icarl") and "aanets" not in name:
+            assert cfg.hparams.variant == "original" and "AANets" not in text
+            assert cfg.backbone.shortcut == "A" and cfg.backbone.last_relu is False  # iCaRL's Theano ResNet-32
+        if name.startswith("icarl-aanets"):
+            assert cfg.hparams.variant == "aanets" and cfg.hparams.epochs == 160 and cfg.hparams.lr == 0.1
+    lucir = resolve(config_file=CONFIGS / "lucir-cifar100-b50-5steps.yaml")
+    assert lucir.backbone.last_relu is False and (lucir.hparams.budget, lucir.hparams.memory) == ("per_class", 20)
+    fixed = resolve(config_file=CONFIGS / "lucir-cifar100-b50-5steps-fixed2000.yaml")
+    assert (fixed.hparams.budget, fixed.hparams.memory) == ("total", 2000)
+
+
+def test_icarl_aanets_variant_carries_its_own_schedule() -> None:
+    from lifelong.config import resolve
+
+    orig = resolve("icarl", "cifar100", "class")
+    assert (orig.hparams.epochs, orig.hparams.lr, orig.hparams.milestones, orig.hparams.weight_decay) == (70, 2.0, [49, 63], 1e-5)
+    aan = resolve("icarl", "cifar100", "class", sets=["variant=aanets"])
+    h = aan.hparams
+    assert (h.epochs, h.lr, h.milestones, h.gamma, h.weight_decay, h.nesterov) == (160, 0.1, [80, 120], 0.1, 5e-4, False)
+    mine = resolve("icarl", "cifar100", "class", sets=["variant=aanets", "lr=0.05"], overrides={"epochs": 40})
+    assert mine.hparams.lr == 0.05 and mine.hparams.epochs == 40 and mine.hparams.milestones == [20, 30]

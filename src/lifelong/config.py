@@ -32,6 +32,13 @@ from .nn.backbones import DEFAULT_BACKBONE, BackboneConfig
 BENCHMARK_HPARAMS: dict[str, dict[str, int]] = {
     "digits": {"epochs": 10, "batch_size": 32},
     "permuted-digits": {"epochs": 5, "batch_size": 32},
+    # MNIST family (60,000 28x28 train images): a few epochs at batch 64 fit a CPU (docs/benchmarks.md).
+    "mnist": {"epochs": 3, "batch_size": 64},
+    "fashion-mnist": {"epochs": 3, "batch_size": 64},
+    "permuted-mnist": {"epochs": 3, "batch_size": 64},
+    "permuted-fashion-mnist": {"epochs": 3, "batch_size": 64},
+    "rotated-mnist": {"epochs": 2, "batch_size": 64},  # 10 tasks of 60,000 images through a conv net
+    "rotated-fashion-mnist": {"epochs": 2, "batch_size": 64},
 }
 
 DEVICES = "auto|cpu|cuda|cuda:I"
@@ -209,6 +216,9 @@ def resolve(
     hp = cls.Config()
     for k, v in cls.setting_defaults.get(setting, {}).items():
         setattr(hp, k, v)
+    for key, choices in cls.variant_defaults.items():  # e.g. iCaRL's variant=aanets schedule
+        for k, v in choices.get(_chosen(key, base.get("hparams") or {}, sets or [], getattr(hp, key)), {}).items():
+            setattr(hp, k, v)
     for k, v in BENCHMARK_HPARAMS.get(benchmark, {}).items():
         if k == "epochs":
             apply_epochs(hp, v)
@@ -266,6 +276,20 @@ def resolve(
 
     validate(cfg)
     return cfg
+
+
+def _chosen(key: str, file_hparams: dict[str, Any], sets: list[str], default: Any) -> Any:
+    """The value ``key`` will end up with from the config file and ``--set`` (last wins), read ahead of
+    the other layers so the defaults that depend on it can go underneath them."""
+    value = file_hparams.get(key, default)
+    for item in sets:
+        k, _, raw = item.partition("=")
+        if k.strip().removeprefix("method.") == key:
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = raw
+    return value
 
 
 def validate(cfg: RunConfig) -> None:

@@ -92,7 +92,7 @@ class TrainContext:
 
     def __init__(self, device: torch.device, augment_spec: AugmentSpec, seed: int = 0, precision: str = "32",
                  epoch_log: Callable[[dict], None] | None = None, progress: bool = False,
-                 num_tasks: int | None = None) -> None:
+                 num_tasks: int | None = None, num_classes: int | None = None) -> None:
         self.device = device
         self.augment_spec = augment_spec
         self.seed = seed
@@ -104,6 +104,7 @@ class TrainContext:
         self.task_mean: tuple[float, ...] | None = None
         self.task_std: tuple[float, ...] | None = None
         self.num_tasks = num_tasks  # length of the stream when known (CPG's reserved capacity)
+        self.num_classes = num_classes  # classes in the whole stream (iCaRL's full output layer)
 
     # ------------------------------------------------------------------ RNG
     def start_task(self, task_id: int, mean=None, std=None) -> None:

@@ -180,7 +180,8 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
     scenario = scenario_for(cfg)
     method = build_method(cfg, scenario, device)
     log_rows: list[dict[str, Any]] = rundir.read_log() if resume else []
-    ctx = TrainContext(device, scenario.augment, cfg.seed, cfg.precision, log_rows.append, progress, len(scenario))
+    ctx = TrainContext(device, scenario.augment, cfg.seed, cfg.precision, log_rows.append, progress, len(scenario),
+                       scenario.num_classes)
     rec = _Record(len(scenario))
     start = 0
     if ckpt is not None:

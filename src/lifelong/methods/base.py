@@ -112,6 +112,9 @@ class Method(nn.Module):
     Config: ClassVar[type] = TrainHParams
     # Overrides of Config defaults per setting (e.g. the class-incremental papers' schedule).
     setting_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Defaults that follow from the value of one hyperparameter (``{"variant": {"aanets": {...}}}``),
+    # applied after ``setting_defaults`` whenever the config file or ``--set`` chooses that value.
+    variant_defaults: ClassVar[dict[str, dict[Any, dict[str, Any]]]] = {}
     # Overrides on a benchmark, applied after its epoch budget (where a paper's schedule cannot
     # converge in a toy budget's few hundred steps); recorded in config.yaml like every default.
     benchmark_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -181,6 +184,16 @@ class Method(nn.Module):
         """A few words on what the method decided for a task (CPG's ratio and growth, BiC's alpha and
         beta), printed after the task's accuracy line; ``info`` is what ``fit_task`` returned."""
         return ""
+
+
+def weight_decay_groups(params: list[nn.Parameter], modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
+    """Two optimiser groups: the weights of conv and linear layers with ``weight_decay``, everything
+    else (biases, BatchNorm, scales) without. Lasagne's ``regularize_network_params(l2)`` (iCaRL's
+    Theano code) and BiC's TF code decay only such weights."""
+    decayed = {id(m.weight) for mod in modules for m in mod.modules()
+               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and m.weight is not None}
+    return [{"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
 
 
 def module_bytes(module: nn.Module) -> int:

@@ -15,20 +15,26 @@ import torch
 import torch.nn.functional as F
 
 
-def sigmoid_distillation(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None) -> torch.Tensor:
+def sigmoid_distillation(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
+                         num_outputs: int | None = None) -> torch.Tensor:
     """iCaRL's loss: binary cross-entropy of every seen-class output against one-hot labels, where the
     old classes' targets are the old network's sigmoid outputs instead (classification and
-    distillation in one term), averaged over samples and classes as the Theano/TF code does.
+    distillation in one term).
 
-    ``logits``: (B, n_seen); ``teacher_logits``: (B, n_old) or None at the first step. The original
-    network has outputs for all 100 classes from the start (targets 0 for unseen classes); here the
-    head grows, so unseen classes take no part (a deviation with no effect on seen-class ranking).
+    ``logits``: (B, n_seen); ``teacher_logits``: (B, n_old) or None at the first step.
+    ``num_outputs``: the size of the original's output layer (every class of the stream, 100 on
+    CIFAR). The Theano code takes ``binary_crossentropy(...).mean()`` over batch x 100 outputs, unseen
+    classes with target 0, so the sum over the seen outputs is divided by ``B * num_outputs``, not by
+    ``B * n_seen``: with the seen-class mean, step 0 of B0-10 would get 10x the gradient (lr 2.0 acting
+    as 20) and weight decay would be 10-20x weaker relative to the loss. The unseen outputs'
+    own terms (pushing never-trained rows toward 0) are left out: the head here grows with the classes.
     """
     targets = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
     if teacher_logits is not None and teacher_logits.shape[1]:
         n_old = teacher_logits.shape[1]
         targets = torch.cat([torch.sigmoid(teacher_logits.detach()).to(logits.dtype), targets[:, n_old:]], dim=1)
-    return F.binary_cross_entropy_with_logits(logits, targets)
+    total = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+    return total / (logits.shape[0] * max(num_outputs or logits.shape[1], logits.shape[1]))
 
 
 def kl_distillation(student_old: torch.Tensor, teacher_old: torch.Tensor, T: float) -> torch.Tensor:

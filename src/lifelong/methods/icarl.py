@@ -4,15 +4,21 @@
 cross-entropy whose old-class targets are the previous network's sigmoid outputs
 (``distill.sigmoid_distillation``), herding on L2-normalised features, a fixed total memory
 shared by the seen classes, and the nearest-mean-of-exemplars classifier (manets.md 4, last
-bullet). ``variant="aanets"`` is iCaRL as the AANets/LUCIR code runs it (manets.md 4): LUCIR's
-cosine head (imprinted new rows, frozen old rows) trained with cross-entropy plus
-``beta * T^2 * KL`` distillation; use ``configs/icarl-*`` or set its schedule yourself.
+bullet). The loss is normalised as the Theano code's mean over the full 100-unit output layer
+(``distill.sigmoid_distillation``), and weight decay is lasagne's ``1e-5 * sum w^2`` on conv and
+dense weights only: a gradient of ``2e-5 w``, nothing on biases or BatchNorm.
+
+``variant="aanets"`` is iCaRL as the AANets/LUCIR code runs it (manets.md 4): LUCIR's cosine head
+(imprinted new rows, frozen old rows) trained with cross-entropy plus ``beta * T^2 * KL``
+distillation, with that code's own schedule (``AANETS_SCHEDULE``: 160 epochs, lr 0.1 x0.1 at 80/120,
+wd 5e-4 on every parameter, manets.md 3.5), applied whenever ``variant=aanets`` is chosen; its
+presets (``configs/icarl-aanets-*``) also drop the backbone's final ReLU.
 
 Both classifiers are evaluated after every step: ``predict`` gives the one named by
 ``classifier`` (``nme``, the paper's), ``predict_variants`` the other (``metrics.json["variants"]``).
 
 Deviations: the head grows with the classes (the original allocates all 100 outputs and
-trains unseen ones toward 0); memory uses ``floor(K / classes)`` per class (never above K);
+trains unseen ones toward 0; the loss keeps its normalisation); memory uses ``floor(K / classes)`` per class (never above K);
 class means average each exemplar with its horizontal flip only when the scenario's
 augmentation flips (iCaRL's CIFAR practice; digits are not flipped).
 """
@@ -32,9 +38,15 @@ from ..engine.loop import Batch, Phase, StepOutput, TrainContext
 from ..nn.cosine import CosineIncrementalHead
 from ..nn.heads import IncrementalHead
 from . import distill
-from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, check_choice
+from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, check_choice, weight_decay_groups
+from .finetune import CLASS_INCREMENTAL_SCHEDULE
 from .memory import (SELECTIONS, Budget, ClassMeans, ExemplarMemory, add_exemplars, class_means, new_class_means,
                      replay_footprint)
+
+
+# The AANets/LUCIR code's schedule for its iCaRL (manets.md 3.5, CIFAR column): 160 epochs, lr 0.1
+# x0.1 at 80/120, batch 128, wd 5e-4 (PyTorch SGD, every parameter), momentum 0.9.
+AANETS_SCHEDULE: dict[str, Any] = {**CLASS_INCREMENTAL_SCHEDULE, "gamma": 0.1}
 
 
 @dataclass
@@ -46,7 +58,7 @@ class ICaRLConfig(TrainHParams):
     lr: float = 2.0  # iCaRL Sec. 4: "learning rate of 2.0"
     momentum: float = 0.9  # iCaRL Theano code (lasagne momentum 0.9)
     nesterov: bool = False
-    weight_decay: float = 1e-5  # iCaRL Sec. 4
+    weight_decay: float = 1e-5  # iCaRL Sec. 4; lasagne l2 = sum of squares (gradient 2 wd w), weights only
     milestones: list[int] = field(default_factory=lambda: [49, 63])  # iCaRL Sec. 4: divided by 5 at 49 and 63
     gamma: float = 0.2  # iCaRL Sec. 4: "divided by 5"
     memory: int = 2000  # iCaRL Sec. 4: K = 2000
@@ -71,6 +83,7 @@ class ICaRL(Method):
     paper = "iCaRL: Incremental Classifier and Representation Learning (Rebuffi et al., CVPR 2017)"
     settings = ("class",)
     Config = ICaRLConfig
+    variant_defaults = {"variant": {"aanets": AANETS_SCHEDULE}}
 
     def __init__(self, config: ICaRLConfig, setting: str, make_backbone: BackboneFactory) -> None:
         super().__init__(config, setting, make_backbone)
@@ -110,6 +123,11 @@ class ICaRL(Method):
             params = list(self.backbone.parameters()) + list(self.head.chunks[-1].parameters()) + [self.head.sigma]
         else:
             params = list(self.backbone.parameters()) + list(self.head.parameters())
+        optim = cfg.optim()
+        if not aanets:  # lasagne's l2 penalty: 1e-5 * sum w^2 over conv/dense weights (gradient 2e-5 w)
+            params = weight_decay_groups(params, [self.backbone, self.head], 2 * cfg.weight_decay)
+            optim = cfg.optim(weight_decay=0.0)
+        outputs = ctx.num_classes or n_seen  # the original's output layer covers the whole stream
 
         def loss(b: Batch) -> StepOutput:
             out = self.logits(b.x)
@@ -118,13 +136,13 @@ class ICaRL(Method):
                 with torch.no_grad():
                     old = teacher[1](teacher[0](b.x))[:, :n_old]
             if not aanets:
-                return StepOutput(distill.sigmoid_distillation(out, b.y, old), out)
+                return StepOutput(distill.sigmoid_distillation(out, b.y, old, outputs), out)
             value = F.cross_entropy(out, b.y)
             if old is not None:
                 value = value + cfg.beta * distill.kl_distillation(out[:, :n_old], old, cfg.T)
             return StepOutput(value, out)
 
-        ctx.fit(Phase("train", train, params, cfg.epochs, cfg.optim(), loss, cfg.batch_size, modules=[self.backbone, self.head]))
+        ctx.fit(Phase("train", train, params, cfg.epochs, optim, loss, cfg.batch_size, modules=[self.backbone, self.head]))
         self._update_memory(task, ctx)
         return {"train_samples": len(train), "exemplars_per_class": self.budget.per_class(n_seen),
                 "memory": len(self.memory)}
