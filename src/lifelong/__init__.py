@@ -1,12 +1,34 @@
 """lifelong: continual learning in PyTorch, every method behind one interface.
 
 See README.md; ``lifelong.run(...)`` is the one-call entry point.
+
+The public names are imported on first use (PEP 562), so ``import lifelong.cli`` does not load
+torch: the command sets OpenMP's wait policy before torch starts its thread pool.
 """
 
-from .api import Result, create_method, load_run, load_scenario, run
-from .errors import CheckpointError, ConfigError, DataError, LifelongError
-from .methods.base import Footprint, Method, TaskMeta
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["run", "load_scenario", "create_method", "load_run", "Result", "Method", "TaskMeta", "Footprint",
-           "LifelongError", "DataError", "ConfigError", "CheckpointError"]
+
+_EXPORTS = {
+    "run": "api", "load_scenario": "api", "create_method": "api", "load_run": "api", "evaluate": "api",
+    "Result": "api", "TrainContext": "api",
+    "Method": "methods.base", "TaskMeta": "methods.base", "Footprint": "methods.base",
+    "LifelongError": "errors", "DataError": "errors", "ConfigError": "errors", "CheckpointError": "errors",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lifelong' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -5,7 +5,8 @@
     result.average_accuracy
 
 Pieces: ``load_scenario`` (a preset or your own folder), ``create_method``,
-``TrainContext`` (for ``fit_task``), ``evaluate``, ``load_run`` (a finished run's method).
+``TrainContext`` (for ``fit_task``; ``ctx.outputs(fn, data)`` applies the test transform and
+normalisation), ``evaluate``, ``load_run`` (a finished run's method).
 """
 
 from __future__ import annotations
@@ -71,6 +72,21 @@ def create_method(method: str, scenario: Scenario, device: str = "auto", **overr
     return build_method(cfg, scenario, dev), TrainContext(dev, scenario.augment, cfg.seed, num_tasks=len(scenario))
 
 
+def evaluate(method: Method, scenario: Scenario, ctx: TrainContext | None = None, upto: int | None = None) -> dict[str, Any]:
+    """Accuracy of ``method`` on the test split of every task up to ``upto`` (default: all of them), with
+    the scenario's test transform: ``{"accuracy": [per task], "seen_accuracy": over all those tasks' images}``
+    (in the class setting ``seen_accuracy`` is the papers' accuracy on every class seen)."""
+    from .engine.evaluate import evaluate as evaluate_row
+
+    if ctx is None:
+        ctx = TrainContext(next(method.parameters()).device, scenario.augment)
+    last = len(scenario) - 1 if upto is None else upto
+    was_training = method.training
+    row = evaluate_row(method, scenario, last, ctx)
+    method.train(was_training)
+    return {"accuracy": list(row.top1), "seen_accuracy": row.seen_top1}
+
+
 def load_run(run_dir: str | Path, data_root: str | Path | None = None, device: str = "auto") -> tuple[Method, Scenario, RunConfig]:
     """The method of a run's newest checkpoint, rebuilt, with its scenario and configuration."""
     rundir = RunDir.open_existing(Path(run_dir))
@@ -91,4 +107,4 @@ def load_run(run_dir: str | Path, data_root: str | Path | None = None, device: s
     return method, scenario, cfg
 
 
-__all__ = ["run", "load_scenario", "create_method", "load_run", "Result", "TaskMeta", "TrainContext"]
+__all__ = ["run", "load_scenario", "create_method", "evaluate", "load_run", "Result", "TaskMeta", "TrainContext"]

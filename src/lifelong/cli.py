@@ -7,11 +7,12 @@ shows the traceback instead).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ConfigError, LifelongError
+from .errors import ConfigError, Interrupted, LifelongError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--keep", choices=["all", "last"], help="checkpoints to keep")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished task")
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's, one per core)")
 
     ls = sub.add_parser("list", help="methods and benchmarks")
     ls.add_argument("--data-root", help="check which benchmarks' files are present here")
@@ -54,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--data-root")
     e.add_argument("--device", default="auto")
+    e.add_argument("--threads", type=int, help="CPU threads for torch")
 
     fp = sub.add_parser("footprint", help="model size per method as the papers count it (CPG paper, spec section 6)")
     fp.add_argument("--backbone", required=True, help="a registered backbone, e.g. resnet50")
@@ -77,14 +80,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.resume:
         if not a.out:
             raise ConfigError("--resume needs --out DIR, the run folder to continue")
-        fixed = [f"--{k.replace('_', '-')}" for k in ("method", "benchmark", "setting", "config", "seed", "epochs", "tasks",
-                                                      "base", "increment", "memory", "backbone", "keep")
-                 if getattr(a, k) is not None] + (["--set"] if a.set else [])
-        if fixed:
-            raise ConfigError(f"--resume continues the run as its config.yaml says; drop {', '.join(fixed)} "
-                              "(only --data-root, --device and --precision may change)")
         from .config import RunConfig
 
+        _check_resume_flags(a, flags)
         cfg = RunConfig(method="", benchmark="", setting="", device=a.device or "auto", precision=a.precision or "32",
                         data_root=a.data_root)
     else:
@@ -96,20 +94,77 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+_MAY_CHANGE_ON_RESUME = {"device", "precision", "data_root", "out"}
+
+
+def _check_resume_flags(a: argparse.Namespace, flags: dict) -> None:
+    """``--resume`` with the run's own command line continues it; a flag whose value differs from the
+    saved configuration is refused, naming the key and both values. Keys the given flags do not touch
+    are not compared (resolving the same method and benchmark with no flags gives the baseline)."""
+    from .config import resolve
+    from .engine.rundir import RunDir
+
+    given = {k: v for k, v in flags.items() if v is not None and k not in _MAY_CHANGE_ON_RESUME}
+    if not (given or a.set or a.config or a.method or a.benchmark or a.setting):
+        return
+    saved = RunDir.open_existing(Path(a.out)).read_config()
+    method, benchmark, setting = (a.method or saved["method"], a.benchmark or saved["benchmark"],
+                                  a.setting or saved["setting"])
+    asked = _flat(resolve(method, benchmark, setting, Path(a.config) if a.config else None, a.set, flags).to_dict())
+    plain = _flat(resolve(method, benchmark, setting).to_dict())
+    old = _flat(saved)
+    for key in ("method", "benchmark", "setting"):
+        plain.pop(key, None)  # always compared
+    for key, value in asked.items():
+        if key in _MAY_CHANGE_ON_RESUME or (key in plain and plain[key] == value):  # not set by these flags
+            continue
+        if old.get(key) != value:
+            raise ConfigError(f"--resume: {key} is {value!r} on this command line but {old.get(key)!r} in "
+                              f"{Path(a.out) / 'config.yaml'}; drop the flag or start a new run with another --out")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def cmd_list(a: argparse.Namespace) -> int:
     from .data.benchmarks import BENCHMARKS
     from .methods.registry import METHODS, method_class
 
-    print("methods:")
+    lines = ["methods:"]
     for name in METHODS:
         cls = method_class(name)
-        print(f"  {name:<14} {'/'.join(cls.settings):<11} {cls.paper}")
-    print("benchmarks:")
-    root = Path(a.data_root) if a.data_root else None
+        lines.append(f"  {name:<14} {'/'.join(cls.settings):<11} {cls.paper}")
+    lines.append("benchmarks:")
+    root = Path(a.data_root).expanduser() if a.data_root else None
     for b in BENCHMARKS.values():
-        embedded = not b.files(Path("."))
-        status = "embedded" if embedded else ("present" if root and b.data_present(root) else "needs --data-root")
-        print(f"  {b.name:<22} {'/'.join(b.settings):<11} {status:<18} {b.description}")
+        where = ""
+        if b.embedded:
+            status = "embedded"
+        else:
+            found, looked = b.locate(root)
+            if found is not None:
+                status, where = "present", f"in {found}"
+            elif looked:
+                status = "missing"
+                where = ("looked in " if b.find else "looked for ") + ", ".join(str(p) for p in looked)
+            else:
+                status = "needs --data-root"
+        lines.append(f"  {b.name:<22} {'/'.join(b.settings):<11} {status:<18} {b.description}")
+        if where:
+            lines.append(f"  {'':<22} {'':<11} {where}")
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # `lifelong list | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
     return 0
 
 
@@ -154,20 +209,41 @@ def cmd_footprint(a: argparse.Namespace) -> int:
     return 0
 
 
+def _set_threads(n: int | None) -> None:
+    if n is None:
+        return
+    if n < 1:
+        raise ConfigError(f"--threads {n} must be at least 1")
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    # Before torch starts its OpenMP pool: idle threads sleep instead of spinning, so a busy shared
+    # machine does not turn a 30 s run into 10 minutes (docs/benchmarks.md, "Threads").
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         a = _parser().parse_args(argv)
+        _set_threads(getattr(a, "threads", None))
         return {"run": cmd_run, "list": cmd_list, "show": cmd_show, "eval": cmd_eval, "footprint": cmd_footprint}[a.command](a)
     except LifelongError as exc:
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; finished tasks are checkpointed, continue with --resume --out DIR", file=sys.stderr)
+    except Interrupted as exc:
+        print(f"error: interrupted; {exc.finished} finished task(s) are checkpointed in {exc.run_dir}; continue with: "
+              f"lifelong run --resume --out {exc.run_dir}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        print("error: interrupted before any task finished; nothing to resume", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `lifelong list | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -245,7 +245,10 @@ def resolve(
             set_field(cfg.benchmark_options, flag, overrides[flag], f"--{flag}", parse=False)
     if "memory" in overrides:
         if not hasattr(hp, "memory"):
-            raise ConfigError(f"method {method} keeps no exemplar memory; --memory applies to replay methods")
+            from .methods.registry import METHODS
+
+            keepers = [m for m in METHODS if any(f.name == "memory" for f in fields(method_class(m).Config))]
+            raise ConfigError(f"method {method} keeps no exemplar memory; --memory applies to {', '.join(keepers)}")
         set_field(hp, "memory", overrides["memory"], "--memory", parse=False)
     if "backbone" in overrides:
         cfg.backbone.name = str(overrides["backbone"])

@@ -21,3 +21,12 @@ class ConfigError(LifelongError):
 
 class CheckpointError(LifelongError):
     """A run folder or checkpoint that is missing, foreign or damaged."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run: carries the run folder so the message can say how to continue."""
+
+    def __init__(self, run_dir: object, finished: int) -> None:
+        super().__init__(f"interrupted after {finished} finished task(s) in {run_dir}")
+        self.run_dir = run_dir
+        self.finished = finished

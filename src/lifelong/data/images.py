@@ -38,10 +38,12 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
     files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
-        for f in sorted((root / name).rglob("*")):
-            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
-                files.append(f)
-                labels.append(label)
+        found = [f for f in sorted((root / name).rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+        if not found:  # it would count as a class that no image can ever be
+            raise DataError(f"class folder {root / name} holds no images (suffixes {', '.join(sorted(IMAGE_SUFFIXES))}); "
+                            "add images or remove the folder")
+        files += found
+        labels += [label] * len(found)
     if not files:
         raise DataError(f"no images found under {root}; expected {root}/<class>/<image files> "
                         f"with suffixes {', '.join(sorted(IMAGE_SUFFIXES))}")

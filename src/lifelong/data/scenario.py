@@ -74,6 +74,9 @@ def class_groups(order: list[int], setting: str, tasks: int | None, base: int | 
         if not base or not inc or base < 1 or inc < 1 or base > n:
             raise ConfigError(f"--base {base} --increment {inc} do not split {n} classes; use 1 <= base <= {n} and increment >= 1")
         if (n - base) % inc:
+            if increment is None:  # never name a flag the user did not pass
+                raise ConfigError(f"--base {base} leaves {n - base} of the {n} classes, which steps of {base} classes (the "
+                                  f"base size, used when --increment is not given) do not divide; pass --increment K")
             raise ConfigError(f"{n} classes minus a base of {base} is not a multiple of --increment {inc}")
         groups = [order[:base]] + [order[i:i + inc] for i in range(base, n, inc)]
     else:

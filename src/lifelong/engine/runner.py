@@ -18,7 +18,7 @@ import torch
 from ..config import RunConfig, from_dict
 from ..data.benchmarks import build_scenario
 from ..data.scenario import Scenario
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, Interrupted
 from ..methods.base import Method, TaskMeta
 from ..methods.registry import method_class
 from ..nn.backbones import build_backbone
@@ -36,6 +36,7 @@ class Result:
 
     run_dir: Path
     accuracy: list[list[float | None]]
+    final_accuracy: float  # class setting: accuracy over every class seen; task setting: mean of the last row
     average_accuracy: float
     average_incremental_accuracy: float
     forgetting: list[float | None]
@@ -47,7 +48,13 @@ class Result:
 
 
 def default_out(cfg: RunConfig) -> Path:
-    return Path("runs") / f"{cfg.method}-{cfg.benchmark}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    """``runs/<method>-<benchmark>-<time>``, with ``-2``, ``-3``... when runs start within the same second."""
+    base = Path("runs") / f"{cfg.method}-{cfg.benchmark}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 def build_method(cfg: RunConfig, scenario: Scenario, device: torch.device) -> Method:
@@ -131,6 +138,8 @@ def metrics_json(cfg: RunConfig, scenario: Scenario, rec: _Record, method: Metho
                   for i, t in enumerate(scenario.tasks)],
         "accuracy": R,
         "top5": rec.top5 if cfg.setting == "class" else None,
+        # the papers' "last accuracy": over every test image seen (class setting), the last row's mean (task)
+        "final_accuracy": rec.seen[-1] if cfg.setting == "class" else summary["average_accuracy"],
         **summary,
         "seen_accuracy": rec.seen,
         "footprint": method.footprint().to_dict(),
@@ -150,6 +159,58 @@ def metrics_json(cfg: RunConfig, scenario: Scenario, rec: _Record, method: Metho
     if method.guarantees_unforgetting:
         out["unforgetting_verified"] = rec.unforgetting
     return _clean(out)
+
+
+def served_equals_trained(method: Method, task: Any, ctx: TrainContext, info: dict[str, Any]) -> bool | None:
+    """Whether the network served for ``task`` is the one it was trained and chosen with.
+
+    The probe check compares a task only with its own earlier outputs, so a served network that
+    differs from the trained one (a stored mask ignored, private state not restored) passes it. A
+    method that guarantees unforgetting records in ``info["chosen"]`` the accuracy of the model it
+    kept, measured with ``ctx.accuracy`` on a named split ("val", "test", or "train_eval": the
+    training images, test-transformed) before the task was stored; here ``method.predict`` must
+    give exactly that accuracy on the same split. None when the method records nothing."""
+    chosen = info.get("chosen")
+    if not isinstance(chosen, dict) or "split" not in chosen:
+        return None
+    data = {"val": task.val, "test": task.test, "train_eval": task.train}[chosen["split"]]
+    method.eval()
+    return ctx.accuracy(lambda x: method.predict(x, task.id), data) == chosen["accuracy"]
+
+
+def _train_tasks(cfg: RunConfig, scenario: Scenario, method: Method, ctx: TrainContext, rec: _Record, rundir: RunDir,
+                 log_rows: list[dict[str, Any]], start: int, say: Callable[[str], None], stop_after: int | None) -> None:
+    """Train, evaluate and checkpoint tasks ``start..``; each finished task is on disk before the next starts."""
+    for i in range(start, len(scenario)):
+        task = scenario.tasks[i]
+        ctx.start_task(i, task.mean, task.std)
+        method.begin_task(TaskMeta.of(task))
+        method.to(ctx.device)
+        t0 = time.perf_counter()
+        info = method.fit_task(task, ctx) or {}
+        seconds = time.perf_counter() - t0
+        row = evaluate(method, scenario, i, ctx)
+        if method.guarantees_unforgetting:
+            if rec.probes:  # the first task has nothing to compare with: unforgetting stays null
+                ok = all(torch.equal(probe_outputs(method, scenario, j, ctx), rec.probes[j]) for j in range(len(rec.probes)))
+                rec.unforgetting = ok if rec.unforgetting is None else (rec.unforgetting and ok)
+            rec.probes.append(probe_outputs(method, scenario, i, ctx))
+            info["served_equals_trained"] = served_equals_trained(method, task, ctx, info)
+        rec.add(row, info, seconds)
+        metrics = metrics_json(cfg, scenario, rec, method)
+        rundir.write_metrics(metrics)
+        rundir.write_log(log_rows)
+        rundir.save_checkpoint(i, {"config": cfg.to_dict(), "task": i, "structure": method.structure(),
+                                   "state": method.state_dict(), "rng": rng_state(), "record": rec.state()}, cfg.keep)
+        if cfg.setting == "class":
+            figures = f"new classes {row.top1[-1]:.3f}, all seen classes {row.seen_top1:.3f}"
+        else:
+            figures = f"this task {row.top1[-1]:.3f}, mean over tasks {metrics['average_accuracy']:.3f}"
+        decided = method.task_summary(info)
+        say(f"task {i + 1}/{len(scenario)} {task.name}: accuracy {figures} ({seconds:.1f}s)"
+            + (f"; {decided}" if decided else ""))
+        if stop_after is not None and i + 1 >= stop_after:
+            break
 
 
 def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo: Callable[[str], None] | None = None,
@@ -179,6 +240,7 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
     seed_everything(cfg.seed)
     scenario = scenario_for(cfg)
     method = build_method(cfg, scenario, device)
+    method.check_stream([TaskMeta.of(t) for t in scenario.tasks])  # before anything is trained or written
     log_rows: list[dict[str, Any]] = rundir.read_log() if resume else []
     ctx = TrainContext(device, scenario.augment, cfg.seed, cfg.precision, log_rows.append, progress, len(scenario),
                        scenario.num_classes)
@@ -201,30 +263,10 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
     rundir.create()
     rundir.write_config(cfg.to_dict())
 
-    for i in range(start, len(scenario)):
-        task = scenario.tasks[i]
-        ctx.start_task(i, task.mean, task.std)
-        method.begin_task(TaskMeta.of(task))
-        method.to(device)
-        t0 = time.perf_counter()
-        info = method.fit_task(task, ctx) or {}
-        seconds = time.perf_counter() - t0
-        row = evaluate(method, scenario, i, ctx)
-        if method.guarantees_unforgetting:
-            ok = all(torch.equal(probe_outputs(method, scenario, j, ctx), rec.probes[j]) for j in range(len(rec.probes)))
-            rec.unforgetting = ok if rec.unforgetting is None else (rec.unforgetting and ok)
-            rec.probes.append(probe_outputs(method, scenario, i, ctx))
-        rec.add(row, info, seconds)
-        metrics = metrics_json(cfg, scenario, rec, method)
-        rundir.write_metrics(metrics)
-        rundir.write_log(log_rows)
-        rundir.save_checkpoint(i, {"config": cfg.to_dict(), "task": i, "structure": method.structure(),
-                                   "state": method.state_dict(), "rng": rng_state(), "record": rec.state()}, cfg.keep)
-        seen = f" seen {row.seen_top1:.3f}" if cfg.setting == "class" else ""
-        say(f"task {i + 1}/{len(scenario)} {task.name}: acc {row.top1[-1]:.3f}{seen} avg {metrics['average_accuracy']:.3f} "
-            f"({seconds:.1f}s)")
-        if stop_after is not None and i + 1 >= stop_after:
-            break
+    try:
+        _train_tasks(cfg, scenario, method, ctx, rec, rundir, log_rows, start, say, stop_after)
+    except KeyboardInterrupt:
+        raise Interrupted(rundir.path, len(rec.rows)) from None
 
     metrics = metrics_json(cfg, scenario, rec, method)
     if rundir.writable:
@@ -232,5 +274,6 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
 
         accuracy_heatmap(rec.rows, [t.name for t in scenario.tasks], rundir.path / "accuracy.png",
                          f"{cfg.method} on {cfg.benchmark} ({cfg.setting}-incremental)")
-    return Result(rundir.path, metrics["accuracy"], metrics["average_accuracy"], metrics["average_incremental_accuracy"],
+    return Result(rundir.path, metrics["accuracy"], metrics["final_accuracy"], metrics["average_accuracy"],
+                  metrics["average_incremental_accuracy"],
                   metrics["forgetting"], metrics["average_forgetting"], metrics["footprint"], metrics, method, scenario)

@@ -180,6 +180,11 @@ class Method(nn.Module):
         """Exemplars stored (class-incremental replay methods); None when a method keeps none."""
         return None
 
+    def check_stream(self, tasks: list[TaskMeta]) -> None:
+        """Raise ``ConfigError`` before anything trains when this configuration cannot run the whole
+        stream (e.g. a memory too small for the last step's classes): a user learns it in a second,
+        not after the first task has trained."""
+
     def task_summary(self, info: dict[str, Any]) -> str:
         """A few words on what the method decided for a task (CPG's ratio and growth, BiC's alpha and
         beta), printed after the task's accuracy line; ``info`` is what ``fit_task`` returned."""

@@ -276,6 +276,9 @@ class BiC(Method):
     def predict_variants(self, x: torch.Tensor, task_id: int | None = None) -> dict[str, torch.Tensor]:
         return {"before_correction": self.raw_logits(x)}
 
+    def check_stream(self, tasks: list[TaskMeta]) -> None:
+        self.budget.require(sum(t.num_classes for t in tasks), 2, "bic (one training and one validation image per class)")
+
     def memory_size(self) -> int | None:
         return len(self.memory) + len(self.val_memory)
 

@@ -171,6 +171,9 @@ class ICaRL(Method):
             return {"cnn": self.logits(x)}
         return {"nme": self.means.scores(self.backbone(x))}
 
+    def check_stream(self, tasks: list[TaskMeta]) -> None:
+        self.budget.require(sum(t.num_classes for t in tasks), 1, "icarl")
+
     def memory_size(self) -> int | None:
         return len(self.memory)
 

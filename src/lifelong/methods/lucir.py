@@ -187,6 +187,9 @@ class LUCIR(Method):
             return {"cnn": self.head(feats)}
         return {"nme": self.means.scores(feats)}
 
+    def check_stream(self, tasks: list[TaskMeta]) -> None:
+        self.budget.require(sum(t.num_classes for t in tasks), 1, "lucir")
+
     def memory_size(self) -> int | None:
         return len(self.memory)
 

@@ -23,20 +23,39 @@ def accuracy_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_VARIANT_LABELS = {"nme": "nearest-mean-of-exemplars", "cnn": "network (CNN) head",
+                   "before_correction": "before bias correction"}
+
+
 def summary_line(metrics: dict[str, Any]) -> str:
-    parts = [f"average accuracy {metrics['average_accuracy'] * 100:.2f}%",
-             f"average incremental accuracy {metrics['average_incremental_accuracy'] * 100:.2f}%"]
+    """The run's headline figures, each named. Class setting: final accuracy over every class seen (the
+    papers' "last accuracy") and average incremental accuracy first; the unweighted mean of the last
+    row (a 50-class base step weighing as much as a 2-class step) comes after them."""
+    pct = lambda v: f"{v * 100:.2f}%"  # noqa: E731
+    if metrics["setting"] == "class":
+        parts = [f"final accuracy {pct(metrics['final_accuracy'])}" if metrics.get("final_accuracy") is not None else None,
+                 f"average incremental accuracy {pct(metrics['average_incremental_accuracy'])}",
+                 f"mean of last row {pct(metrics['average_accuracy'])}"]
+    else:
+        parts = [f"average accuracy {pct(metrics['average_accuracy'])}"]
+    parts = [p for p in parts if p]
     if metrics.get("average_forgetting") is not None:
-        parts.append(f"average forgetting {metrics['average_forgetting'] * 100:.2f}%")
+        parts.append(f"average forgetting {pct(metrics['average_forgetting'])}")
     if metrics.get("average_incremental_top5") is not None:
-        parts.append(f"top-5 {metrics['average_incremental_top5'] * 100:.2f}%")
+        parts.append(f"average incremental top-5 {pct(metrics['average_incremental_top5'])}")
     for name, v in (metrics.get("variants") or {}).items():
-        parts.append(f"{name} {v['average_incremental_accuracy'] * 100:.2f}%")
+        label = _VARIANT_LABELS.get(name, name)
+        if metrics["setting"] == "class":
+            final = v["seen_accuracy"][-1] if v.get("seen_accuracy") else None
+            parts.append(f"{label}: final {pct(final)}, average incremental {pct(v['average_incremental_accuracy'])}"
+                         if final is not None else f"{label}: average incremental {pct(v['average_incremental_accuracy'])}")
+        else:
+            parts.append(f"{label}: average accuracy {pct(v['average_accuracy'])}")
     fp = metrics.get("footprint") or {}
     if fp:
         parts.append(f"size {fp['bytes'] / 2**20:.2f} MB")
     if metrics.get("memory", {}).get("size") is not None:
-        parts.append(f"memory {metrics['memory']['size']}")
+        parts.append(f"memory {metrics['memory']['size']} exemplars")
     if "unforgetting_verified" in metrics:
         parts.append(f"unforgetting verified: {metrics['unforgetting_verified']}")
     parts.append(f"time {sum(metrics.get('time_s') or []):.1f}s")
