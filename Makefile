@@ -17,11 +17,16 @@ $(BIN)/lifelong: pyproject.toml
 
 setup: $(BIN)/lifelong
 
+# The forgetting story on the embedded digits, five steps of two classes: finetune forgets every
+# earlier step; iCaRL, replaying 40 stored images, keeps most of them.
 demo: setup
-	$(BIN)/lifelong run --method joint --benchmark digits $(ARGS)
+	$(BIN)/lifelong run --method finetune --benchmark digits --setting class --quiet $(ARGS)
+	$(BIN)/lifelong run --method icarl --benchmark digits --setting class --memory 40 --quiet $(ARGS)
 
+# OpenMP threads sleep when idle instead of spinning: on a busy shared machine spinning threads
+# steal the cores the work needs (docs/benchmarks.md, "Threads").
 test: setup
-	$(BIN)/python -m pytest $(ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest $(ARGS)
 
 bench: setup
 	$(BIN)/python bench/loop_overhead.py

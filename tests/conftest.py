@@ -85,9 +85,11 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIFELONG_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Tiny models: one intra-op thread is faster than several on a small, shared CPU."""
+    """Every test: one intra-op thread. The models are tiny, so one thread is as fast as two on a
+    quiet machine, and on a busy shared one it avoids threads waiting on each other (the suite took
+    36 minutes there with torch's default of one thread per core, 4 with one)."""
     import torch
 
     n = torch.get_num_threads()
