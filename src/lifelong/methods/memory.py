@@ -87,21 +87,24 @@ def herding(features: torch.Tensor, m: int, normalize: bool = True) -> torch.Ten
     m = min(int(m), n)
     if m <= 0:
         return torch.zeros(0, dtype=torch.long)
-    f = features.detach().to(torch.float64).cpu()
+    f = features.detach().to(torch.float64)
     if normalize:
         f = F.normalize(f, dim=1)
+    # ||mu - (S + f_x)/k||^2 = (||f_x||^2 - 2 <f_x, k mu - S>) / k^2 + const: one matrix-vector product
+    # per pick over the features where they live (the device), instead of an (n, d) temporary.
     mu = f.mean(0)
+    sq = (f * f).sum(1)
     running = torch.zeros_like(mu)
-    free = torch.ones(n, dtype=torch.bool)
-    picks: list[int] = []
+    free = torch.ones(n, dtype=torch.bool, device=f.device)
+    picks = torch.empty(m, dtype=torch.long, device=f.device)
+    inf = torch.tensor(float("inf"), dtype=f.dtype, device=f.device)
     for k in range(1, m + 1):
-        dist = ((mu[None] - (running[None] + f) / k) ** 2).sum(1)
-        dist[~free] = float("inf")
-        i = int(torch.argmin(dist))
-        picks.append(i)
+        score = torch.where(free, sq - 2.0 * (f @ (k * mu - running)), inf)
+        i = torch.argmin(score)
+        picks[k - 1] = i
         free[i] = False
         running += f[i]
-    return torch.tensor(picks, dtype=torch.long)
+    return picks.cpu()
 
 
 def random_selection(n: int, m: int, gen: torch.Generator) -> torch.Tensor:
@@ -269,3 +272,39 @@ def replay_footprint(network: list[nn.Module], memories: list[ExemplarMemory], c
     params = sum(module_params(m) for m in network)
     nbytes = sum(module_bytes(m) for m in network) + sum(mem.nbytes() for mem in memories)
     return Footprint(params, nbytes, [module_bytes(c) for c in chunks], note)
+
+
+# ---------------------------------------------------------------------------- reservoir sampling (ER)
+def reservoir_sample(kept: int, seen: int, n_new: int, capacity: int, gen: torch.Generator) -> torch.Tensor:
+    """Vitter's Algorithm R (Vitter 1985, "Random sampling with a reservoir") continued over ``n_new``
+    more stream items, as ER keeps its buffer (Chaudhry et al. 2019, "On Tiny Episodic Memories").
+
+    The reservoir holds ``kept`` items (ids ``0..kept-1``) drawn from the first ``seen`` items of the
+    stream; new item ``r`` has id ``kept + r`` and stream position ``i = seen + r`` (0-based). A new
+    item fills a free slot while there is one (a class-balanced truncation may have freed some);
+    otherwise ``j`` is drawn uniformly from ``0..i`` and the item replaces slot ``j`` when
+    ``j < capacity`` - with no truncation, every item seen so far is in the reservoir with
+    probability ``capacity / (i + 1)``. Returns the ids in slot order. One uniform draw per new
+    item, all from ``gen``, so a resumed run draws the same reservoir.
+    """
+    if kept > capacity:
+        raise ValueError(f"a reservoir of capacity {capacity} cannot hold {kept} items")
+    slots = list(range(kept))
+    draws = torch.rand(n_new, generator=gen, dtype=torch.float64).tolist()
+    for r, u in enumerate(draws):
+        if len(slots) < capacity:
+            slots.append(kept + r)
+            continue
+        j = int(u * (seen + r + 1))
+        if j < capacity:
+            slots[j] = kept + r
+    return torch.tensor(slots, dtype=torch.long)
+
+
+def first_per_class(labels: torch.Tensor, m: int) -> torch.Tensor:
+    """Positions (in order) of at most the first ``m`` entries of each label: the class-balanced
+    truncation ER applies to its reservoir, so no class holds more than the budget's per-class share."""
+    keep = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique().tolist():
+        keep[torch.nonzero(labels == c).flatten()[: max(0, m)]] = True
+    return torch.nonzero(keep).flatten()
