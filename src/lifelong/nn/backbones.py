@@ -37,6 +37,14 @@ DEFAULT_BACKBONE = {
     "stl10": "resnet18",
     "folder": "resnet18",
     "list": "resnet18",
+    # 28x28 grey images: a small conv net; permuted pixels have no spatial structure, so the
+    # permuted streams keep the MLP of the permuted-MNIST papers (Kirkpatrick et al. 2017).
+    "mnist": "convnet_fc",
+    "fashion-mnist": "convnet_fc",
+    "rotated-mnist": "convnet_fc",
+    "rotated-fashion-mnist": "convnet_fc",
+    "permuted-mnist": "mlp",
+    "permuted-fashion-mnist": "mlp",
 }
 
 
@@ -46,6 +54,7 @@ def _cifar_stem(cfg: BackboneConfig, size: int) -> bool:
 
 BUILDERS: dict[str, Callable[[BackboneConfig, int, int], nn.Module]] = {
     "convnet": lambda c, ch, s: SmallConvNet(ch, c.width),
+    "convnet_fc": lambda c, ch, s: SmallConvNet(ch, c.width, (32, 64), (0, 1), fc=128, image_size=s),  # 28x28 MNIST family
     "mlp": lambda c, ch, s: MLP(ch * s * s, width=c.width),
     "resnet32": lambda c, ch, s: CifarResNet(32, ch, c.width, c.last_relu),
     "resnet18": lambda c, ch, s: ResNet(BasicBlock, [2, 2, 2, 2], ch, c.width, _cifar_stem(c, s), c.last_relu),
