@@ -14,7 +14,7 @@ import torch
 
 from ..errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "rmsprop_tf")
 SCHEDULES = ("none", "multistep", "cosine", "plateau")
 
 
@@ -39,6 +39,10 @@ def build_optimizer(params: Iterable[Any], cfg: OptimConfig) -> torch.optim.Opti
                                weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop_tf":  # TF1 RMSProp: rho 0.9, eps inside the sqrt, ms starts at 1 (lasem.md 6)
+        from .rmsprop_tf import RMSpropTF
+
+        return RMSpropTF(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from .cnn20 import CNN20
 from .convnets import MLP, SmallConvNet
+from .lasem_cnn import LasemCNN, lasem_spec
 from .preact_resnet import PreActResNet18
 from .resnet import BasicBlock, Bottleneck, CifarResNet, ResNet
 from .vgg import VGG16BN
@@ -26,6 +27,7 @@ class BackboneConfig:
     width: float = 1.0  # channel multiplier
     last_relu: bool = True  # False drops the final ReLU (LUCIR's cosine classifier)
     cifar_stem: bool | None = None  # resnet18/50: 3x3 stem without max-pool; default: inputs <= 64 px
+    variant: str | None = None  # lasem_cnn: cifar4|cifar6|officehome4|officehome6|stl6 (lasem.md 2); default by input size
 
 
 # Default backbone per benchmark: the protocols' networks (CPG's VGG-16-BN, iCaRL/LUCIR's ResNet-32, ...).
@@ -62,6 +64,7 @@ BUILDERS: dict[str, Callable[[BackboneConfig, int, int], nn.Module]] = {
     "vgg16_bn": lambda c, ch, s: VGG16BN(ch, c.width, s),
     "cnn20": lambda c, ch, s: CNN20(ch, c.width, s),  # CPG's face experiment (cpg.md 3)
     "preact_resnet18": lambda c, ch, s: PreActResNet18(ch, c.width, _cifar_stem(c, s), c.last_relu),  # BiC (bic.md 2)
+    "lasem_cnn": lambda c, ch, s: LasemCNN(lasem_spec(c.variant, ch, s, c.width)),  # LASEM family (lasem.md 2)
 }
 
 
