@@ -37,7 +37,7 @@ def test_fine_grained_resnet50_bytes_are_exact() -> None:
     assert rows["piggyback"].paper_bytes == 93_819_648 + 14_659_320 + 2_549_760 + 15_924_828
     assert rows["cpg"].paper_bytes == rows["piggyback"].paper_bytes  # the paper counts no owner index
     assert rows["cpg"].formula_bytes == rows["piggyback"].paper_bytes + 8_795_592  # cpg.md 6 general formula
-    mb = {m: int(r.paper_bytes / MB) for m, r in rows.items()}
+    mb = {m: int(r.paper_bytes / MB) for m, r in rows.items() if m != "aanets"}
     assert mb == {"independent": 554, "finetune": 554, "packnet": 115, "piggyback": 121, "cpg": 121}
     assert round(rows["cpg"].formula_bytes / MB, 1) == 129.5
 
@@ -47,7 +47,7 @@ def test_footprint_command(capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     for number in ("554.46", "115.48", "121.07", "129.46"):
         assert number in out
-    assert [line.split()[0] for line in out.splitlines()[2:]] == ["independent", "finetune", "packnet", "piggyback", "cpg"]
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["independent", "finetune", "packnet", "piggyback", "cpg", "aanets"]
 
 
 @pytest.mark.parametrize("argv,message", [

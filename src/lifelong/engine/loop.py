@@ -11,6 +11,12 @@ exemplars); no method writes its own epoch loop. Hooks:
 - ``on_epoch_end(epoch, stats) -> bool | None``: per-epoch callbacks; True stops the phase;
 - ``train_mode()``: set module modes (e.g. BatchNorm kept in eval by Piggyback).
 
+A phase may carry an ``interleave`` phase: one epoch of it runs after every epoch of the main
+one, with its own optimiser and schedule kept across epochs (AANets: network weights on all data,
+then the aggregation weights on a balanced subset, per epoch). ``zero_grad=False`` leaves a
+phase's gradients uncleared (they accumulate, AANets' official alpha quirk) and
+``grad_only_params`` back-propagates into the phase's own parameters only.
+
 The loop never calls ``.item()`` inside an epoch (no device sync per step).
 """
 
@@ -75,6 +81,25 @@ class Phase:
     # Further (params, optim) pairs, each with its own optimiser and schedule, stepped with the main one
     # (CPG/Piggyback: SGD on weights plus Adam on picking masks in one pass over the data).
     extra_optims: list[tuple[Iterable[Any], OptimConfig]] = field(default_factory=list)
+    # A second phase run for one epoch after each epoch of this one; its optimiser and schedule persist
+    # across epochs and its ``epochs`` is its schedule's length (AANets: alphas on the balanced subset).
+    interleave: "Phase | None" = None
+    zero_grad: bool = True  # False: never clear this phase's gradients (they sum over steps and phases)
+    grad_only_params: bool = False  # backward into this phase's parameters only (no other leaf gets .grad)
+
+
+@dataclass
+class _Run:
+    """A phase being trained: its optimisers, schedules and generator, kept across its epochs."""
+
+    phase: Phase
+    gen: torch.Generator
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    extra: list[tuple[torch.optim.Optimizer, Schedule]]
+    optimizers: list[torch.optim.Optimizer]
+    scaler: Any
+    inputs: list[torch.Tensor] | None  # grad_only_params: the tensors backward accumulates into
 
 
 def batch_indices(n: int, batch_size: int, shuffle: bool, gen: torch.Generator | None) -> list[torch.Tensor]:
@@ -163,89 +188,108 @@ class TrainContext:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, phase: Phase) -> list[EpochStats]:
-        """Train ``phase.epochs`` epochs over ``phase.data``; returns per-epoch statistics."""
+        """Train ``phase.epochs`` epochs over ``phase.data``; returns per-epoch statistics (of the main
+        phase; an ``interleave`` phase's epochs are logged, not returned)."""
         self._phase_counter += 1
         gen = self.generator()
         history: list[EpochStats] = []
         if phase.epochs <= 0 or len(phase.data) == 0:
             return history
+        run = self._start(phase, gen)
+        sub = None
+        if phase.interleave is not None and phase.interleave.epochs > 0 and len(phase.interleave.data):
+            self._phase_counter += 1
+            sub = self._start(phase.interleave, self.generator())
+        for epoch in range(phase.epochs):
+            stats, stop, keep_going = self._epoch(run, epoch)
+            history.append(stats)
+            if sub is not None:
+                self._epoch(sub, epoch)
+            if stop or not keep_going:
+                break
+        return history
+
+    def _start(self, phase: Phase, gen: torch.Generator) -> _Run:
         params = list(phase.params)
         optimizer = build_optimizer(params, phase.optim)
         schedule = Schedule(optimizer, phase.optim, phase.epochs)
         extra = [(opt, Schedule(opt, cfg, phase.epochs))
                  for opt, cfg in ((build_optimizer(list(p), c), c) for p, c in phase.extra_optims)]
         optimizers = [optimizer] + [opt for opt, _ in extra]
-        amp = self.device.type == "cuda" and self.precision in ("bf16", "16")
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and self.precision == "16")
-        for epoch in range(phase.epochs):
-            if phase.train_mode is not None:
-                phase.train_mode()
-            else:
-                for m in phase.modules:
-                    m.train()
-            start = time.perf_counter()
-            loss_sum = torch.zeros((), device=self.device)
-            correct = torch.zeros((), device=self.device, dtype=torch.long)
-            seen = 0
-            counted = 0
-            batches = self.iterate(phase.data, phase.batch_size, True, gen, phase.mean, phase.std, phase.augment,
-                                   phase.shuffle)
-            bar = self._bar(phase, epoch)
-            for batch in batches:
+        inputs = [p for opt in optimizers for g in opt.param_groups for p in g["params"]] if phase.grad_only_params else None
+        return _Run(phase, gen, optimizer, schedule, extra, optimizers, scaler, inputs)
+
+    def _epoch(self, run: _Run, epoch: int) -> tuple[EpochStats, bool | None, bool]:
+        """One epoch of ``run.phase``: steps, statistics, logging, its hooks and its schedule step."""
+        phase, gen, optimizer, optimizers, scaler = run.phase, run.gen, run.optimizer, run.optimizers, run.scaler
+        amp = self.device.type == "cuda" and self.precision in ("bf16", "16")
+        if phase.train_mode is not None:
+            phase.train_mode()
+        else:
+            for m in phase.modules:
+                m.train()
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        counted = 0
+        batches = self.iterate(phase.data, phase.batch_size, True, gen, phase.mean, phase.std, phase.augment,
+                               phase.shuffle)
+        bar = self._bar(phase, epoch)
+        for batch in batches:
+            if phase.zero_grad:
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
-                if amp:
-                    with self._autocast():
-                        out = phase.loss(batch)
-                else:
+            if amp:
+                with self._autocast():
                     out = phase.loss(batch)
-                if scaler.is_enabled():
-                    scaler.scale(out.loss).backward()
-                    for opt in optimizers:
-                        scaler.unscale_(opt)  # hooks see true gradients
-                    if phase.after_backward is not None:
-                        phase.after_backward()
-                    for opt in optimizers:
-                        scaler.step(opt)
-                    scaler.update()
-                else:  # the plain path: no scaler bookkeeping per step
-                    out.loss.backward()
-                    if phase.after_backward is not None:
-                        phase.after_backward()
-                    for opt in optimizers:
-                        opt.step()
-                if phase.after_step is not None:
-                    phase.after_step()
-                n = len(batch.y)
-                loss_sum += out.loss.detach() * n
-                if out.logits is not None:
-                    correct += (out.logits.detach().argmax(1) == batch.y).sum()
-                    counted += n
-                seen += n
-                if bar is not None:
-                    bar.update(n)
-                    steps = bar.n // max(1, phase.batch_size)
-                    if steps % 10 == 1:  # a device sync only every 10 steps, and only with a bar shown
-                        bar.set_postfix(loss=f"{(loss_sum / seen).item():.4f}",
-                                        acc="-" if not counted else f"{correct.item() / counted:.3f}")
-            seconds = time.perf_counter() - start
-            loss = (loss_sum / max(1, seen)).item()
-            stats = EpochStats(phase.name, epoch + 1, loss, (correct.item() / counted) if counted else None,
-                               optimizer.param_groups[0]["lr"], seconds, seen / max(seconds, 1e-9))
+            else:
+                out = phase.loss(batch)
+            if scaler.is_enabled():
+                scaler.scale(out.loss).backward(inputs=run.inputs)
+                for opt in optimizers:
+                    scaler.unscale_(opt)  # hooks see true gradients
+                if phase.after_backward is not None:
+                    phase.after_backward()
+                for opt in optimizers:
+                    scaler.step(opt)
+                scaler.update()
+            else:  # the plain path: no scaler bookkeeping per step
+                out.loss.backward(inputs=run.inputs)
+                if phase.after_backward is not None:
+                    phase.after_backward()
+                for opt in optimizers:
+                    opt.step()
+            if phase.after_step is not None:
+                phase.after_step()
+            n = len(batch.y)
+            loss_sum += out.loss.detach() * n
+            if out.logits is not None:
+                correct += (out.logits.detach().argmax(1) == batch.y).sum()
+                counted += n
+            seen += n
             if bar is not None:
-                bar.set_postfix(loss=f"{loss:.4f}", acc="-" if stats.accuracy is None else f"{stats.accuracy:.3f}",
-                                img_s=f"{stats.samples_per_s:.0f}")
-                bar.close()
-            history.append(stats)
-            if self.epoch_log is not None:
-                self.epoch_log({"task": self.task_id + 1, **stats.__dict__})
-            stop = phase.on_epoch_end(epoch + 1, stats) if phase.on_epoch_end is not None else None
-            keep_going = schedule.step(phase.monitor() if phase.monitor is not None else loss)
-            for _, extra_schedule in extra:
-                extra_schedule.step(loss)
-            if stop or not keep_going:
-                break
-        return history
+                bar.update(n)
+                steps = bar.n // max(1, phase.batch_size)
+                if steps % 10 == 1:  # a device sync only every 10 steps, and only with a bar shown
+                    bar.set_postfix(loss=f"{(loss_sum / seen).item():.4f}",
+                                    acc="-" if not counted else f"{correct.item() / counted:.3f}")
+        seconds = time.perf_counter() - start
+        loss = (loss_sum / max(1, seen)).item()
+        stats = EpochStats(phase.name, epoch + 1, loss, (correct.item() / counted) if counted else None,
+                           optimizer.param_groups[0]["lr"], seconds, seen / max(seconds, 1e-9))
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}", acc="-" if stats.accuracy is None else f"{stats.accuracy:.3f}",
+                            img_s=f"{stats.samples_per_s:.0f}")
+            bar.close()
+        if self.epoch_log is not None:
+            self.epoch_log({"task": self.task_id + 1, **stats.__dict__})
+        stop = phase.on_epoch_end(epoch + 1, stats) if phase.on_epoch_end is not None else None
+        keep_going = run.schedule.step(phase.monitor() if phase.monitor is not None else loss)
+        for _, extra_schedule in run.extra:
+            extra_schedule.step(loss)
+        return stats, stop, keep_going
 
     def _bar(self, phase: Phase, epoch: int):
         if not self.progress:

@@ -274,6 +274,10 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
 
         accuracy_heatmap(rec.rows, [t.name for t in scenario.tasks], rundir.path / "accuracy.png",
                          f"{cfg.method} on {cfg.benchmark} ({cfg.setting}-incremental)")
+        if callable(getattr(method, "alpha_history", None)):  # AANets' aggregation weights per epoch
+            from ..report.plots import alpha_curves
+
+            alpha_curves(method.alpha_history(rec.infos), rundir.path / "alphas.png", f"{cfg.method} on {cfg.benchmark}")
     return Result(rundir.path, metrics["accuracy"], metrics["final_accuracy"], metrics["average_accuracy"],
                   metrics["average_incremental_accuracy"],
                   metrics["forgetting"], metrics["average_forgetting"], metrics["footprint"], metrics, method, scenario)

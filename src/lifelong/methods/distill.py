@@ -7,9 +7,12 @@
 | ``soft_cross_entropy`` | BiC stage 1 | bic.md 3 |
 | ``less_forget`` | LUCIR | manets.md 5, L_LF |
 | ``margin_ranking`` | LUCIR | manets.md 5, L_MR |
+| ``adaptive_lambda`` | LUCIR's weight of L_LF (AANets) | manets.md 5 |
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -70,3 +73,9 @@ def margin_ranking(cosines: torch.Tensor, labels: torch.Tensor, n_old: int, k: i
     gt = cosines[old].gather(1, labels[old][:, None])  # (b, 1)
     hard = cosines[old, n_old:].topk(k, dim=1).values  # (b, k)
     return F.relu(margin - gt + hard).mean()
+
+
+def adaptive_lambda(lambda_base: float, n_old: int, n_new: int) -> float:
+    """LUCIR's adaptive less-forget weight ``lambda_base * sqrt(n_old / n_new)`` (the code's ratio;
+    the paper prints it inverted, hshustc #4; manets.md 5); 0 before there are old classes."""
+    return lambda_base * math.sqrt(n_old / n_new) if n_old else 0.0

@@ -1,7 +1,10 @@
 """ResNets. ResNet-18/50 use torchvision's parameter names (so published state dicts
 load from a local file); ResNet-32 is the CIFAR network of iCaRL/LUCIR/PODNet.
 
-No ``fc``: heads are separate modules owned by the method.
+No ``fc``: heads are separate modules owned by the method. ``levels()`` returns the
+stages in order (stem folded into the first, pooling into the last), so that a
+dual-branch network (``nn/dual_branch.py``, AANets) can aggregate after each of them;
+running the levels in sequence is exactly ``forward``.
 """
 
 from __future__ import annotations
@@ -60,6 +63,21 @@ class Bottleneck(nn.Module):
         return self.relu(out) if self.relu_out else out
 
 
+class ShortcutA(nn.Module):
+    """He et al.'s option A shortcut (iCaRL's ResNet-32): strided identity, new channels zero-padded
+    on both sides (Lasagne ``PadLayer([out//4, 0, 0])`` of iCaRL's Theano code). No parameters."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.before = (planes - inplanes) // 2
+        self.after = planes - inplanes - self.before
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return nn.functional.pad(x, (0, 0, 0, 0, self.before, self.after))
+
+
 class ResNet(nn.Module):
     """torchvision layout (conv1, bn1, layer1..4) with width multiplier and an optional CIFAR stem."""
 
@@ -101,18 +119,29 @@ class ResNet(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
 
+    def levels(self) -> list[nn.Module]:
+        """Stem + max-pool + layer1, layer2, layer3, layer4 + pool (AANets' 4 ImageNet levels, manets.md 2.2)."""
+        return [nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool, self.layer1), self.layer2, self.layer3,
+                nn.Sequential(self.layer4, self.avgpool, nn.Flatten(1))]
+
 
 class CifarResNet(nn.Module):
     """ResNet-32 for 32x32 inputs: 3 stages of 5 basic blocks, 16/32/64 channels, 64-d features.
 
-    1x1-conv downsampling as LUCIR's ``modified_resnet_cifar``; ``last_relu=False`` drops the
-    final ReLU, which LUCIR needs for its cosine classifier (manets.md).
+    ``shortcut="B"``: 1x1-conv + BN downsampling, as LUCIR's and AANets' ``modified_resnet_cifar``
+    (manets.md 2.1); ``"A"``: parameter-free strided identity with zero-padded channels, iCaRL's
+    network. ``last_relu=False`` drops the final ReLU, which LUCIR needs for its cosine
+    classifier (manets.md) and iCaRL's network does not have either.
     """
 
-    def __init__(self, depth: int = 32, in_channels: int = 3, width: float = 1.0, last_relu: bool = True) -> None:
+    def __init__(self, depth: int = 32, in_channels: int = 3, width: float = 1.0, last_relu: bool = True,
+                 shortcut: str = "B") -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError("CIFAR ResNet depth must be 6n+2")
+        if shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut must be A or B, got {shortcut!r}")
+        self.shortcut = shortcut
         n = (depth - 2) // 6
         planes = [max(1, int(p * width)) for p in (16, 32, 64)]
         self.inplanes = planes[0]
@@ -129,8 +158,10 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def _make(self, planes: int, blocks: int, stride: int, last_relu: bool = True) -> nn.Sequential:
-        down = None
-        if stride != 1 or self.inplanes != planes:
+        down: nn.Module | None = None
+        if (stride != 1 or self.inplanes != planes) and self.shortcut == "A":
+            down = ShortcutA(self.inplanes, planes, stride)
+        elif stride != 1 or self.inplanes != planes:
             down = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False), _bn(planes))
         layers = [BasicBlock(self.inplanes, planes, stride, down)]
         self.inplanes = planes
@@ -142,3 +173,8 @@ class CifarResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return torch.flatten(self.avgpool(x), 1)
+
+    def levels(self) -> list[nn.Module]:
+        """Stem + stage 1, stage 2, stage 3 + pool (AANets' 3 CIFAR levels, manets.md 2.2)."""
+        return [nn.Sequential(self.conv1, self.bn1, self.relu, self.layer1), self.layer2,
+                nn.Sequential(self.layer3, self.avgpool, nn.Flatten(1))]

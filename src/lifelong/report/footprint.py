@@ -15,6 +15,12 @@ Three numbers per method:
   width 1: owner index as uint8, masks bit-packed per layer, every task's private state
   (BN incl. its int64 batch counter, biases) plus the working copy, heads; our ``finetune``
   keeps a single shared backbone.
+
+The ``aanets`` row (class-incremental, one cosine head over all ``sum(heads)`` classes) counts
+both branches honestly (manets.md 6.11): the stable branch's frozen phase-0 weights, its scales
+(one per conv input/output channel pair) and BN, the full plastic branch, one alpha per level; the
+released code stores no compensation for the second branch. Exemplars are not counted (as in
+every row); ``metrics.json`` adds them for a run.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from ..nn.backbones import BackboneConfig, build_backbone
 from ..nn.masked import StorageCounts, storage_bytes
 
 MB = 2**20
-METHODS = ("independent", "finetune", "packnet", "piggyback", "cpg")
+METHODS = ("independent", "finetune", "packnet", "piggyback", "cpg", "aanets")
 
 
 @dataclass
@@ -77,6 +83,18 @@ def architecture_counts(backbone: str, in_channels: int = 3, image_size: int = 2
     )
 
 
+def dual_branch_counts(backbone: str, in_channels: int = 3, image_size: int = 224) -> tuple[int, int] | None:
+    """(scale parameters, levels) an AANets dual-branch network adds to ``backbone`` (manets.md 2.2,
+    2.3); None for a backbone without ``levels()`` (no dual-branch form)."""
+    from ..nn.dual_branch import scale_count
+
+    with torch.device("meta"):
+        net = build_backbone(BackboneConfig(name=backbone), in_channels, image_size)
+    if not callable(getattr(net, "levels", None)):
+        return None
+    return scale_count(net), len(net.levels())
+
+
 def parse_heads(text: str) -> list[int]:
     """``"1000,200,196"`` -> [1000, 200, 196]; ConfigError for anything else."""
     try:
@@ -105,6 +123,7 @@ def footprint_table(backbone: str, heads: list[int], in_channels: int = 3, image
     piggyback = storage_bytes(counts([False] + [True] * (T - 1), owner=False))
     cpg_formula = storage_bytes(counts([False] + [True] * (T - 1), owner=True))
     isolated = 4 * a.weights + a.weights + (T + 1) * a.private_bytes + 4 * H  # fp32 weights, uint8 owners
+    dual = dual_branch_counts(backbone, in_channels, image_size)
     return [
         FootprintRow("independent", scratch, scratch, T * a.backbone_bytes + 4 * H, "one network per task (Scratch)"),
         FootprintRow("finetune", scratch, scratch, a.backbone_bytes + 4 * H,
@@ -113,7 +132,17 @@ def footprint_table(backbone: str, heads: list[int], in_channels: int = 3, image
         FootprintRow("piggyback", piggyback, piggyback, isolated + (T - 1) * a.mask_bytes, f"{T - 1} one-bit masks"),
         FootprintRow("cpg", piggyback, cpg_formula, isolated + (T - 1) * a.mask_bytes,
                      "paper counts masks only; formula adds the owner index inference needs"),
-    ]
+    ] + ([aanets_row(a, *dual, sum(heads))] if dual else [])
+
+
+def aanets_row(a: ArchCounts, scales: int, levels: int, classes: int) -> FootprintRow:
+    """Two branches + scales + alphas + one cosine head (``classes`` rows and sigma), fp32; the
+    checkpoint adds BN batch counters and the alpha-gradient sum buffer (``nn/dual_branch.py``)."""
+    head = 4 * (a.out_dim * classes + 1)
+    formula = 4 * (2 * (a.weights + a.private) + scales + levels) + head
+    checkpoint = 2 * a.backbone_bytes + 4 * scales + 2 * 4 * levels + head
+    return FootprintRow("aanets", formula, formula, checkpoint,
+                        f"2 branches + {scales:,} scales + {levels} alphas, one head; exemplars extra")
 
 
 def format_table(backbone: str, heads: list[int], rows: list[FootprintRow]) -> str:

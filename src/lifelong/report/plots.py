@@ -1,4 +1,5 @@
-"""The accuracy-matrix heat map written to ``accuracy.png``."""
+"""Run-folder figures: the accuracy-matrix heat map (``accuracy.png``) and, for methods with
+aggregation weights (AANets), their value per level and epoch (``alphas.png``)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,37 @@ def accuracy_heatmap(R: list[list[float | None]], names: list[str], path: Path, 
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+
+
+def alpha_curves(history: list[list[list[float]]], path: Path, title: str) -> bool:
+    """One line per level over all epochs of all tasks (``history[task][epoch][level]``), a dashed line
+    where each task starts. Writes nothing and returns False when no task recorded alphas."""
+    points = [(t, a) for t, epochs in enumerate(history) for a in epochs]
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a window
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    levels = len(points[0][1])
+    for k in range(levels):
+        ax.plot(range(1, len(points) + 1), [a[k] for _, a in points], label=f"level {k + 1}", lw=1.2)
+    start = 0
+    for t, epochs in enumerate(history):
+        if epochs:
+            ax.axvline(start + 0.5, color="grey", ls="--", lw=0.6)
+            ax.text(start + 1, ax.get_ylim()[1], f"task {t + 1}", fontsize=6, va="top", color="grey")
+        start += len(epochs)
+    ax.set_xlabel("epoch (tasks with two branches, in order)")
+    ax.set_ylabel("alpha (weight of the stable block)")
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+    return True
