@@ -22,6 +22,18 @@ METHODS: dict[str, str] = {
     "lucir": "lifelong.methods.lucir:LUCIR",
     "bic": "lifelong.methods.bic:BiC",
     "aanets": "lifelong.methods.aanets:AANets",
+    # LASEM family (lasem.md): baselines, static transfer configurations, EM search
+    "stl": "lifelong.methods.stl:STL",
+    "snn": "lifelong.methods.stl:SNN",
+    "hps": "lifelong.methods.selective:HPS",
+    "tf": "lifelong.methods.selective:TF",
+    "dfcnn": "lifelong.methods.selective:DFCNN",
+    "lasem-hps": "lifelong.methods.lasem:LASEMHPS",
+    "lasem-tf": "lifelong.methods.lasem:LASEMTF",
+    "lasem-dfcnn": "lifelong.methods.lasem:LASEMDFCNN",
+    "lasemg-hps": "lifelong.methods.lasem:LASEMGHPS",
+    "lasemg-tf": "lifelong.methods.lasem:LASEMGTF",
+    "lasemg-dfcnn": "lifelong.methods.lasem:LASEMGDFCNN",
 }
 
 

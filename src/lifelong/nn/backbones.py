@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from .cnn20 import CNN20
 from .convnets import MLP, SmallConvNet
+from .lasem_cnn import LasemCNN, lasem_spec
 from .preact_resnet import PreActResNet18
 from .resnet import BasicBlock, Bottleneck, CifarResNet, ResNet
 from .vgg import VGG16BN
@@ -27,6 +28,7 @@ class BackboneConfig:
     last_relu: bool = True  # False drops the final ReLU (LUCIR's cosine classifier)
     cifar_stem: bool | None = None  # resnet18/50: 3x3 stem without max-pool; default: inputs <= 64 px
     shortcut: str = "B"  # resnet32: "B" 1x1 conv + BN (LUCIR/AANets, manets.md 2.1), "A" zero-padded identity (iCaRL)
+    variant: str | None = None  # lasem_cnn: cifar4|cifar6|officehome4|officehome6|stl6 (lasem.md 2); default by input size
 
 
 # Default backbone per benchmark: the protocols' networks (CPG's VGG-16-BN, iCaRL/LUCIR's ResNet-32, ...).
@@ -38,6 +40,14 @@ DEFAULT_BACKBONE = {
     "stl10": "resnet18",
     "folder": "resnet18",
     "list": "resnet18",
+    # 28x28 grey images: a small conv net; permuted pixels have no spatial structure, so the
+    # permuted streams keep the MLP of the permuted-MNIST papers (Kirkpatrick et al. 2017).
+    "mnist": "convnet_fc",
+    "fashion-mnist": "convnet_fc",
+    "rotated-mnist": "convnet_fc",
+    "rotated-fashion-mnist": "convnet_fc",
+    "permuted-mnist": "mlp",
+    "permuted-fashion-mnist": "mlp",
 }
 
 
@@ -47,6 +57,7 @@ def _cifar_stem(cfg: BackboneConfig, size: int) -> bool:
 
 BUILDERS: dict[str, Callable[[BackboneConfig, int, int], nn.Module]] = {
     "convnet": lambda c, ch, s: SmallConvNet(ch, c.width),
+    "convnet_fc": lambda c, ch, s: SmallConvNet(ch, c.width, (32, 64), (0, 1), fc=128, image_size=s),  # 28x28 MNIST family
     "mlp": lambda c, ch, s: MLP(ch * s * s, width=c.width),
     "resnet32": lambda c, ch, s: CifarResNet(32, ch, c.width, c.last_relu, c.shortcut),
     "resnet18": lambda c, ch, s: ResNet(BasicBlock, [2, 2, 2, 2], ch, c.width, _cifar_stem(c, s), c.last_relu),
@@ -54,6 +65,7 @@ BUILDERS: dict[str, Callable[[BackboneConfig, int, int], nn.Module]] = {
     "vgg16_bn": lambda c, ch, s: VGG16BN(ch, c.width, s),
     "cnn20": lambda c, ch, s: CNN20(ch, c.width, s),  # CPG's face experiment (cpg.md 3)
     "preact_resnet18": lambda c, ch, s: PreActResNet18(ch, c.width, _cifar_stem(c, s), c.last_relu),  # BiC (bic.md 2)
+    "lasem_cnn": lambda c, ch, s: LasemCNN(lasem_spec(c.variant, ch, s, c.width)),  # LASEM family (lasem.md 2)
 }
 
 
