@@ -1,0 +1,149 @@
+"""The real-data comparison of docs/benchmarks.md: every method on Split Fashion-MNIST, several seeds.
+
+Each (method, seed) is one ``lifelong.run`` into ``--out/<label>-s<seed>``; a finished run is read
+back instead of trained again, so the script resumes after an interruption. Prints a Markdown
+table (mean +- std over seeds): final accuracy over every class seen (class setting) or the last
+row's mean (task setting), average incremental accuracy, average forgetting, exemplars, parameters
+and wall time per run, then whether each paper's claimed property holds on this data.
+
+    python bench/real_data_table.py --setting class --seeds 0 1 2 --per-class 1000 --out runs/fmnist-class
+    python bench/real_data_table.py --setting task --methods finetune independent cpg --out runs/fmnist-task
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import lifelong
+from lifelong.methods.registry import METHODS
+
+# (label, method, overrides): the class setting with a 2,000-image memory where a method keeps one.
+CLASS_RUNS: list[tuple[str, str, dict[str, Any]]] = [
+    ("finetune", "finetune", {}), ("joint", "joint", {}), ("lwf", "lwf", {}), ("ewc", "ewc", {}), ("si", "si", {}),
+    ("replay", "replay", {"memory": 2000}), ("icarl", "icarl", {"memory": 2000}), ("lucir", "lucir", {"memory": 2000}),
+    ("bic", "bic", {"memory": 2000}),
+    ("aanets-icarl", "aanets", {"memory": 2000, "baseline": "icarl"}),
+    ("aanets-lucir", "aanets", {"memory": 2000, "baseline": "lucir"}),
+]
+TASK_RUNS: list[tuple[str, str, dict[str, Any]]] = [
+    ("finetune", "finetune", {}), ("joint", "joint", {}), ("independent", "independent", {}), ("lwf", "lwf", {}),
+    ("ewc", "ewc", {}), ("si", "si", {}), ("replay", "replay", {"memory": 2000}), ("packnet", "packnet", {}),
+    ("piggyback", "piggyback", {}), ("cpg", "cpg", {}), ("pae", "pae", {}), ("clr", "clr", {}),
+    ("clr-full", "clr-full", {}), ("prognn", "prognn", {}),
+]
+
+
+def run_one(label: str, method: str, overrides: dict[str, Any], a: argparse.Namespace, seed: int) -> dict[str, Any] | None:
+    out = Path(a.out) / f"{label}-s{seed}"
+    metrics = out / "metrics.json"
+    if metrics.exists():
+        m = json.loads(metrics.read_text())
+        if m.get("tasks_completed") == len(m["tasks"]):
+            return m
+    if method not in METHODS:  # not built (yet)
+        return None
+    kwargs = dict(overrides)
+    if a.per_class:
+        kwargs["benchmark__per_class"] = a.per_class
+    if a.epochs:
+        kwargs["epochs"] = a.epochs
+    result = lifelong.run(method=method, benchmark=a.benchmark, setting=a.setting, seed=seed, out=out,
+                          resume=(out / "checkpoints").is_dir(), **kwargs)
+    return result.metrics
+
+
+def _ms(values: list[float | None], scale: float = 100.0, digits: int = 1) -> str:
+    vals = [v * scale for v in values if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
+def row(label: str, runs: list[dict[str, Any]]) -> str:
+    first = runs[0]
+    memory = first["memory"]["size"]
+    cells = [label, _ms([r["final_accuracy"] for r in runs]),
+             _ms([r["average_incremental_accuracy"] for r in runs]),
+             _ms([r["average_forgetting"] for r in runs]),
+             "-" if memory is None else str(memory), f"{first['footprint']['parameters']:,}",
+             f"{first['footprint']['bytes'] / 2**20:.2f}", _ms([sum(r["time_s"]) for r in runs], 1.0, 0)]
+    if first.get("unforgetting_verified") is not None or "unforgetting_verified" in first:
+        cells.append(str(all(r.get("unforgetting_verified") for r in runs)))
+    else:
+        cells.append("-")
+    return "| " + " | ".join(cells) + " |"
+
+
+def claims(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The papers' claimed properties, checked on these runs (mean over seeds)."""
+    mean = lambda label, key: statistics.mean(r[key] for r in results[label])  # noqa: E731
+    out = []
+    if "finetune" in results:
+        for m in ("icarl", "lucir", "bic", "replay", "lwf", "aanets-icarl", "aanets-lucir"):
+            if m in results:
+                a, b = mean(m, "final_accuracy"), mean("finetune", "final_accuracy")
+                out.append(f"- {m} beats finetune (final accuracy {a * 100:.1f} vs {b * 100:.1f}): {'yes' if a > b else 'NO'}")
+    if "bic" in results:
+        after = statistics.mean(r["final_accuracy"] for r in results["bic"])
+        before = statistics.mean(r["variants"]["before_correction"]["seen_accuracy"][-1] for r in results["bic"])
+        out.append(f"- BiC's bias correction helps (final {after * 100:.1f} vs {before * 100:.1f} before): "
+                   f"{'yes' if after > before else 'NO'}")
+    for base in ("icarl", "lucir"):
+        if f"aanets-{base}" in results and base in results:
+            a, b = mean(f"aanets-{base}", "average_incremental_accuracy"), mean(base, "average_incremental_accuracy")
+            out.append(f"- AANets improves {base} (average incremental {a * 100:.1f} vs {b * 100:.1f}): "
+                       f"{'yes' if a > b else 'NO'}")
+    for label, runs in results.items():
+        if "unforgetting_verified" in runs[0]:
+            zero = all(all(f in (None, 0.0) for f in r["forgetting"]) for r in runs)
+            out.append(f"- {label} forgets nothing (forgetting exactly 0, outputs verified): "
+                       f"{'yes' if zero and all(r['unforgetting_verified'] for r in runs) else 'NO'}")
+    if "cpg" in results:
+        met = [t["info"].get("goal_met") for r in results["cpg"] for t in r["tasks"] if t["info"]]
+        out.append(f"- CPG meets its accuracy goals: {sum(bool(g) for g in met)} of {len(met)} tasks")
+        if "independent" in results:
+            a = results["cpg"][0]["footprint"]["bytes"]
+            b = results["independent"][0]["footprint"]["bytes"]
+            out.append(f"- CPG is smaller than independent networks ({a / 2**20:.2f} vs {b / 2**20:.2f} MB): "
+                       f"{'yes' if a < b else 'NO'}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--setting", choices=["class", "task"], default="class")
+    ap.add_argument("--benchmark", default="fashion-mnist")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--per-class", type=int, default=1000, help="training images per class (0: all 6,000)")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--methods", nargs="*", help="labels to run (default: all)")
+    ap.add_argument("--out", default="runs/real-data")
+    a = ap.parse_args()
+    plan = CLASS_RUNS if a.setting == "class" else TASK_RUNS
+    results: dict[str, list[dict[str, Any]]] = {}
+    for label, method, overrides in plan:
+        if a.methods and label not in a.methods:
+            continue
+        runs = [m for m in (run_one(label, method, overrides, a, s) for s in a.seeds) if m is not None]
+        if runs:
+            results[label] = runs
+    first = "final accuracy (all seen classes)" if a.setting == "class" else "final accuracy (mean of last row)"
+    print(f"{a.benchmark}, {a.setting} setting, seeds {' '.join(map(str, a.seeds))}, "
+          f"{a.per_class or 'all'} training images per class")
+    print(f"| method | {first} | average incremental accuracy | average forgetting | exemplars | parameters | "
+          "MB stored | seconds per run | unforgetting verified |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, runs in results.items():
+        print(row(label, runs))
+    print()
+    print("\n".join(claims(results)))
+
+
+if __name__ == "__main__":
+    main()
