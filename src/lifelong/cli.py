@@ -159,12 +159,7 @@ def cmd_list(a: argparse.Namespace) -> int:
         lines.append(f"  {b.name:<22} {'/'.join(b.settings):<11} {status:<18} {b.description}")
         if where:
             lines.append(f"  {'':<22} {'':<11} {where}")
-    try:
-        print("\n".join(lines), flush=True)
-    except BrokenPipeError:  # `lifelong list | head`: the reader left; say nothing more
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+    print("\n".join(lines), flush=True)  # a closed pipe (`lifelong list | head`) is handled in main()
     return 0
 
 
@@ -241,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted before any task finished; nothing to resume", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `lifelong list | head`: the reader left; nothing more to say
+    except BrokenPipeError:  # `lifelong list | head`, `show | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
 
