@@ -285,11 +285,14 @@ def test_dual_with_alpha_one_and_no_fusion_lr_is_the_single_branch_loss(monkeypa
     assert torch.equal(pd.loss(batch).loss, ps.loss(batch).loss)
 
 
-def test_single_free_branch_runs_exactly_as_lucir(tmp_path: Path) -> None:
+@pytest.mark.parametrize("baseline,method,options", [("lucir", "lucir", {}),
+                                                     ("icarl", "icarl", {"variant": "aanets", "classifier": "cnn"})])
+def test_single_free_branch_runs_exactly_as_its_baseline(tmp_path: Path, baseline: str, method: str, options: dict) -> None:
+    """``branch_mode=single branch_1=free`` is the plain baseline (LUCIR, or the AANets code's iCaRL), bit for bit."""
     kw: dict[str, Any] = dict(benchmark="digits", setting="class", epochs=1, memory=40)
-    lucir = lifelong.run(method="lucir", out=tmp_path / "lucir", **kw)
-    single = lifelong.run(method="aanets", out=tmp_path / "aanets", branch_mode="single", branch_1="free", **kw)
-    assert single.accuracy == lucir.accuracy and single.metrics["variants"] == lucir.metrics["variants"]
+    plain = lifelong.run(method=method, out=tmp_path / method, **options, **kw)
+    single = lifelong.run(method="aanets", out=tmp_path / "aanets", baseline=baseline, branch_mode="single", branch_1="free", **kw)
+    assert single.accuracy == plain.accuracy and single.metrics["variants"] == plain.metrics["variants"]
 
 
 def test_balanced_subset_code_and_stratified(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -314,7 +317,7 @@ def test_interleaved_phase_runs_after_each_epoch_with_a_persistent_schedule() ->
     ctx = TrainContext(torch.device("cpu"), AugmentSpec(size=4), seed=0, epoch_log=rows.append)
     loss = lambda b_: StepOutput(F.cross_entropy(a(b_.x.flatten(1)) + b(b_.x.flatten(1)), b_.y))  # noqa: E731
     grads: list[torch.Tensor] = []
-    sub = Phase("sub", data, b.parameters(), 3, OptimConfig(lr=0.0, milestones=[2]), loss, 16, zero_grad=False,
+    sub = Phase("sub", data, b.parameters(), 3, OptimConfig(lr=0.5, milestones=[2]), loss, 16, zero_grad=False,
                 grad_only_params=True, after_backward=lambda: grads.append(b.weight.grad.clone()))
     a_before = a.weight.detach().clone()
     a.weight.grad = None
@@ -322,6 +325,7 @@ def test_interleaved_phase_runs_after_each_epoch_with_a_persistent_schedule() ->
     assert [h.phase for h in hist] == ["main"] * 3
     assert [(r["phase"], r["epoch"]) for r in rows] == [("main", 1), ("sub", 1), ("main", 2), ("sub", 2), ("main", 3), ("sub", 3)]
     assert [r["lr"] for r in rows if r["phase"] == "main"] == [0.1, pytest.approx(0.01), pytest.approx(0.01)]
+    assert [r["lr"] for r in rows if r["phase"] == "sub"] == [0.5, 0.5, pytest.approx(0.05)]  # one schedule throughout
     assert len(grads) == 6 and all((g2.abs() > g1.abs()).any() for g1, g2 in zip(grads, grads[1:]))  # never cleared
     assert not torch.equal(a.weight.detach(), a_before)
 

@@ -105,8 +105,8 @@ class AANets(Method):
     paper = "AANets: Adaptive Aggregation Networks for Class-Incremental Learning (Liu, Schiele, Sun, CVPR 2021)"
     settings = ("class",)
     Config = AANetsConfig
-    # The toy budget scales every *_lr with its smaller batch; the alpha pass's batch is not scaled.
-    benchmark_defaults = {"digits": {"fusion_lr": 1e-5}}
+    # The toy budgets scale every *_lr with their smaller batch; the alpha pass's batch is not scaled.
+    benchmark_defaults = {b: {"fusion_lr": 1e-5} for b in ("digits", "mnist", "fashion-mnist")}
 
     def __init__(self, config: AANetsConfig, setting: str, make_backbone: BackboneFactory) -> None:
         super().__init__(config, setting, make_backbone)
