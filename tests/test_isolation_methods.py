@@ -11,15 +11,18 @@ import torch
 
 import lifelong
 from conftest import write_image_folder
+from lifelong.engine.runner import served_equals_trained
 from lifelong.errors import ConfigError
 from lifelong.methods.base import TaskMeta
 from lifelong.methods.registry import method_class
 
-# Tiny budgets: one epoch per phase, two pruning steps (the schedule itself is tested elsewhere).
+# Tiny budgets: one epoch per phase, two pruning steps (the schedule itself is tested elsewhere). CPG's
+# mask lr is raised so that ~40 Adam steps really unpick earlier weights (at 5e-4 none would cross the
+# 5e-3 threshold from 1e-2, and a test could not tell a served mask from an ignored one).
 FAST: dict[str, dict[str, Any]] = {
     "packnet": {},
     "piggyback": {},
-    "cpg": {"prune_ratios": [0.5, 0.9], "retrain_epochs": 2, "goals": "auto"},
+    "cpg": {"prune_ratios": [0.5, 0.9], "retrain_epochs": 2, "goals": "auto", "mask_lr": 2e-3},
 }
 
 
@@ -39,10 +42,11 @@ def train_stream(method: str, tasks: int = 3, **overrides: Any):
         ctx.start_task(task.id, task.mean, task.std)
         m.begin_task(TaskMeta.of(task))
         info = m.fit_task(task, ctx)
+        served = served_equals_trained(m, task, ctx, info)  # the runner's check, on the same model
         m.eval()
         logits = [ctx.outputs(lambda x, j=j: m.predict(x, j), probes[j]) for j in range(task.id + 1)]
         weights = {n: (m.mb.weight(n).detach().clone(), m.mb.owner(n).clone()) for n in m.mb.layers}
-        history.append({"logits": logits, "weights": weights, "info": info})
+        history.append({"logits": logits, "weights": weights, "info": info, "served": served})
     return m, ctx, scen, probes, history
 
 
@@ -106,6 +110,79 @@ def test_cpg_grows_prunes_and_records_its_decisions(streams: dict) -> None:
 
 
 @pytest.mark.parametrize("method", ["packnet", "piggyback", "cpg"])
+def test_served_network_scores_exactly_what_the_chosen_model_scored_in_training(streams: dict, method: str) -> None:
+    """The check the bit-identical probes cannot make: a task's served network (``predict`` after the
+    task is stored) against the network it was trained and chosen with (``info["chosen"]``)."""
+    history = streams[method][-1]
+    assert [h["served"] for h in history] == [True, True, True]
+    expected_split = "val" if method == "cpg" else "train_eval"
+    assert all(h["info"]["chosen"]["split"] == expected_split for h in history)
+
+
+@pytest.mark.parametrize("method", ["packnet", "cpg"])
+def test_every_prunable_layer_is_pruned_to_the_ratio_exactly(streams: dict, method: str) -> None:
+    """Layer-wise magnitude pruning (cpg.md 4.3, pitfall 11): in every layer, the weights the task freed
+    are ``round(ratio * n)`` of the ``n`` it held before pruning (own + freed), not a global quota."""
+    m, ctx, scen, probes, history = streams[method]
+    pruned_tasks = 0
+    for t, h in enumerate(history):
+        r = h["info"]["pruning_ratio"]
+        if r == 0:
+            continue
+        pruned_tasks += 1
+        v = m.mb.owner_id(t)
+        for name, (_, owner) in h["weights"].items():
+            own, free = int((owner == v).sum()), int((owner == 0).sum())
+            assert free == round(r * (own + free)), f"{method} task {t + 1} {name}: {free} of {own + free} freed"
+    assert pruned_tasks >= 2
+
+
+def test_cpg_picking_leaves_some_earlier_weights_unpicked(streams: dict) -> None:
+    """The picking mask is learned (cpg.md 4.5): after tasks 2 and 3 some, not all, earlier weights are
+    switched off in the stored 1-bit mask, in every layer taken together and in the stored bits."""
+    from lifelong.nn.masked import crop, unpack_bits
+
+    m, ctx, scen, probes, history = streams["cpg"]
+    for t in (1, 2):
+        assert 0.2 < history[t]["info"]["picked_fraction"] < 0.95
+        assert history[t]["info"]["attempts"][-1]["picked_fraction"] < 0.95  # learned in the finetune already
+        v, unpicked = m.mb.owner_id(t), 0
+        shapes = m.mb.shapes_at(m.mb.widths[t])
+        for name in m.mb.layers:
+            owner = crop(m.mb.owner(name), shapes[name])
+            bits = unpack_bits(m.mb.stores[t].get("pick." + name), shapes[name])
+            unpicked += int(((owner >= 1) & (owner < v) & ~bits).sum())
+        assert unpicked > 0
+
+
+def test_cpg_reports_the_papers_exp_and_red_on_a_grown_run(streams: dict) -> None:
+    """Exp and Red in units of the original MLP 64-256-256 (cpg.md 6): grown to hidden int(256·√1.5) = 313;
+    task 1 frees round(0.5·n) per layer of the grown layers, task 2 half of what it took, task 3 nothing."""
+    infos = [h["info"] for h in streams["cpg"][-1]]
+    original = 64 * 256 + 256 * 256  # 81,920
+    h = int(256 * 1.5**0.5)
+    grown = [64 * h, h * h]  # 20,032 and 97,969
+    assert h == 313 and all(i["exp"] == sum(grown) / original for i in infos)  # 1.4404
+    free1 = [round(0.5 * n) for n in grown]  # 10,016 + 48,984 (round half to even)
+    free2 = [round(0.5 * n) for n in free1]  # 5,008 + 24,492
+    assert [i["red"] for i in infos] == [sum(free1) / original, sum(free2) / original, 0.0]
+    assert infos[0]["free_fraction"] == sum(free1) / sum(grown)  # relative to the grown network
+
+
+def test_task_summaries_show_each_methods_decisions(streams: dict) -> None:
+    m, *_, history = streams["cpg"]
+    first = m.task_summary(history[0]["info"])
+    assert first.startswith("ratio 0.5, width x1.225 (P 1->1.5)") and "goal 1.000 missed" in first
+    assert "on val" in first and "exp 1.44, red 0.72" in first
+    assert "(P 1.5)" in m.task_summary(history[1]["info"])
+    pn, *_, ph = streams["packnet"]
+    assert pn.task_summary(ph[0]["info"]) == "pruning ratio 0.6 (owns 0.400 of the network)"
+    pb, *_, bh = streams["piggyback"]
+    assert pb.task_summary(bh[0]["info"]) == "trained the backbone (no mask)"
+    assert pb.task_summary(bh[1]["info"]).startswith("mask keeps 0.")
+
+
+@pytest.mark.parametrize("method", ["packnet", "piggyback", "cpg"])
 def test_state_round_trip_into_a_fresh_method(streams: dict, method: str) -> None:
     m, ctx, scen, probes, history = streams[method]
     fresh, _ = lifelong.create_method(method, scen, device="cpu", epochs=1, **FAST[method])
@@ -126,6 +203,7 @@ def test_cpg_resume_mid_stream_reproduces_the_accuracy_matrix(tmp_path: Path) ->
     assert resumed.metrics["tasks"][2]["info"] == full.metrics["tasks"][2]["info"]
     assert resumed.metrics["unforgetting_verified"] is True
     assert all(f == 0 for f in resumed.forgetting[:-1])
+    assert [t["info"]["served_equals_trained"] for t in resumed.metrics["tasks"]] == [True] * 3
 
 
 def test_cpg_goal_sources_and_selection_split(tmp_path: Path) -> None:
@@ -150,6 +228,7 @@ def test_cifar100_superclass20_and_an_unequal_image_folder_stream(cifar_root: Pa
     r = lifelong.run(method="packnet", benchmark="cifar100-superclass20", data_root=cifar_root, backbone="convnet",
                      epochs=1, out=tmp_path / "pn")
     assert len(r.accuracy) == 20 and r.metrics["unforgetting_verified"] is True
+    assert all(t["info"]["served_equals_trained"] for t in r.metrics["tasks"])
     assert all(f == 0 for f in r.forgetting[:-1])
     root = write_image_folder(tmp_path / "imgs", ["a", "b", "c", "d", "e"], per_class=12)
     r = lifelong.run(method="cpg", benchmark="folder", data_root=root, backbone="convnet", epochs=1, out=tmp_path / "cpg",
@@ -157,6 +236,7 @@ def test_cifar100_superclass20_and_an_unequal_image_folder_stream(cifar_root: Pa
                      select_on="test")
     assert [t["classes"] for t in r.metrics["tasks"]] == [["a", "b"], ["c", "d", "e"]]
     assert r.metrics["unforgetting_verified"] is True and r.forgetting[0] == 0
+    assert all(t["info"]["served_equals_trained"] for t in r.metrics["tasks"])
 
 
 @pytest.mark.parametrize("preset,method,backbone", [
@@ -193,6 +273,7 @@ def test_cpg_trains_on_cnn20_with_per_task_biases_and_prelu(tmp_path: Path) -> N
                      prune_ratios=[0.5], retrain_epochs=1, goals=[0.0, 0.0])
     assert r.metrics["unforgetting_verified"] is True and r.forgetting[0] == 0.0
     assert [t["info"]["pruning_ratio"] for t in r.metrics["tasks"]] == [0.5, 0.5]
+    assert all(t["info"]["served_equals_trained"] for t in r.metrics["tasks"])
 
 
 def test_piggyback_on_published_weights_masks_every_task_and_never_trains_them(tmp_path: Path) -> None:

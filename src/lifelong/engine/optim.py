@@ -15,7 +15,16 @@ import torch
 from ..errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop_tf")
-SCHEDULES = ("none", "multistep", "cosine", "plateau")
+SCHEDULES = ("none", "multistep", "cosine", "plateau")  # user choices; "follow" is set by methods
+
+
+class DecayCounter:
+    """How often a plateau schedule has decayed in the current phase, read by the schedules that
+    follow it (CPG's picking-mask lr takes x0.2 at the weights' first plateau decay, cpg.md 4.5,
+    ``CPG_imagenet_main.py`` / ``CPG_face_main.py``). Reset when the leading schedule is built."""
+
+    def __init__(self) -> None:
+        self.decays = 0
 
 
 @dataclass
@@ -28,8 +37,10 @@ class OptimConfig:
     schedule: str = "multistep"
     milestones: list[int] = field(default_factory=list)  # epochs at which lr *= gamma
     gamma: float = 0.1
-    patience: int = 10  # plateau: epochs without improvement before a decay
-    max_decays: int | None = None  # plateau: stop the phase after this many decays (cpg.md 4.8)
+    patience: int = 10  # plateau: decay once this many epochs in a row bring no improvement
+    max_decays: int | None = None  # plateau: stop one epoch after this many decays (cpg.md 4.8)
+    # plateau: publishes its decay count here; follow: lr *= gamma when that count reaches each milestone
+    counter: DecayCounter | None = None
 
 
 def build_optimizer(params: Iterable[Any], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -58,28 +69,51 @@ class Schedule:
             self.inner: Any = torch.optim.lr_scheduler.MultiStepLR(optimizer, sorted(cfg.milestones), cfg.gamma)
         elif cfg.schedule == "cosine":
             self.inner = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs))
-        elif cfg.schedule in ("none", "plateau"):
+        elif cfg.schedule in ("none", "plateau", "follow"):
             self.inner = None
         else:
             raise ConfigError(f"unknown schedule {cfg.schedule!r}; use one of {', '.join(SCHEDULES)}")
         self.optimizer = optimizer
+        self.followed = 0  # follow: milestones of the leader's decay count already applied
+        if cfg.schedule == "follow" and cfg.counter is None:
+            raise ConfigError("a 'follow' schedule needs the DecayCounter of the plateau schedule it follows")
+        if cfg.schedule == "plateau" and cfg.counter is not None:
+            cfg.counter.decays = 0
+
+    def _scale(self, factor: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] *= factor
 
     def step(self, metric: float) -> bool:
-        """Advance one epoch. ``metric`` is minimised (plateau). Returns whether to continue."""
+        """Advance one epoch. ``metric`` is minimised (plateau). Returns whether to continue.
+
+        Plateau, as the CPG ImageNet/face code (``CPG_imagenet_main.py``, ``CPG_face_main.py``;
+        cpg.md 4.8): an epoch that does not beat the best so far is a bad epoch; after ``patience``
+        bad epochs in a row the lr is multiplied by ``gamma`` and the count restarts; the epoch after
+        the ``max_decays``-th decay is the last one (the stop test precedes the decay test there).
+        """
         if self.inner is not None:
             self.inner.step()
+            return True
+        if self.cfg.schedule == "follow":
+            assert self.cfg.counter is not None
+            due = sum(1 for m in self.cfg.milestones if m <= self.cfg.counter.decays)
+            for _ in range(due - self.followed):
+                self._scale(self.cfg.gamma)
+            self.followed = max(self.followed, due)
             return True
         if self.cfg.schedule != "plateau":
             return True
         if metric < self.best - 1e-12:
             self.best, self.bad_epochs = metric, 0
-            return True
-        self.bad_epochs += 1
-        if self.bad_epochs > self.cfg.patience:
+        else:
+            self.bad_epochs += 1
+        if self.cfg.max_decays is not None and self.decays >= self.cfg.max_decays:
+            return False
+        if self.bad_epochs >= self.cfg.patience:
             self.bad_epochs = 0
             self.decays += 1
-            if self.cfg.max_decays is not None and self.decays > self.cfg.max_decays:
-                return False
-            for g in self.optimizer.param_groups:
-                g["lr"] *= self.cfg.gamma
+            self._scale(self.cfg.gamma)
+            if self.cfg.counter is not None:
+                self.cfg.counter.decays = self.decays
         return True

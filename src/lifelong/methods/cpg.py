@@ -5,11 +5,14 @@ real-valued mask (STE) while fine-tuning; if the accuracy goal is missed, *grow*
 (parameter multiplier +0.5 up to 1.5, channels x sqrt) and retry from the state before the
 task; then *compact*: gradual magnitude pruning of the task's own weights over ratio steps
 0.1 ... 0.95 (cubic schedule), choose the largest ratio still meeting the goal, and for t >= 2
-retrain the picking mask once more, keeping it only if it beats the chosen model.
+retrain the picking mask once more, keeping it only if it beats the chosen model. A task that
+owns no weights (nothing free and no growth left: the script's exit code 5) is neither pruned
+nor retrained (``experiment1/CPG_cifar100_scratch_mul_1.5.sh``, ``state -ne 5``).
 
 Deviations from the original code, each fixing a cpg.md section 9 pitfall:
 - goals and ratio choice use a held-out validation split by default (``val_fraction = 0.1``);
-  ``--set select_on=test`` scores on the test split as the original (pitfall 1);
+  ``--set select_on=test`` scores on the test split as the original (pitfall 1); the presets
+  that quote the paper's numbers use that protocol and train on the whole train split;
 - pruned weights are zeroed at every mask update and after every step (pitfall 3);
 - weight decay is applied by hand to the task's own weights only, the optimiser's is 0, and
   the method checks that every earlier task's weights are unchanged at the end (pitfall 4);
@@ -21,6 +24,9 @@ Deviations from the original code, each fixing a cpg.md section 9 pitfall:
   automatically for every task (experiments 2 and 3 chose ratios by hand);
 - a pruning run that ends before the schedule's last update is brought to its final ratio
   (the original would record a lower sparsity under the target's name).
+
+Each task's ``info`` records the decisions, the paper's ``exp``/``red`` columns and ``chosen``:
+the selection accuracy of the model kept, which the runner checks against the served model.
 """
 
 from __future__ import annotations
@@ -29,19 +35,20 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data.imageset import ImageSet
 from ..data.scenario import Task
 from ..engine.loop import Batch, EpochStats, Phase, StepOutput, TrainContext
-from ..engine.optim import OptimConfig
+from ..engine.optim import DecayCounter, OptimConfig
 from ..errors import ConfigError
 from .base import BackboneFactory, TrainHParams
-from .pruning import (DEFAULT_RATIOS, IsolationMethod, choose_ratio, cubic_sparsity, new_head, prune_layerwise,
-                      ratio_runs, reserved_ratio)
+from .pruning import (DEFAULT_RATIOS, CubicPruner, GoalRule, Growth, IsolationMethod, choose_ratio, chosen_record,
+                      last_train_accuracy, new_head, ratio_runs, reserved_ratio, train_until_goal)
 
 
 @dataclass
@@ -49,12 +56,15 @@ class CPGConfig(TrainHParams):
     """Defaults: experiment 1 (CIFAR-100 20 tasks, VGG16-BN; cpg.md 4.2-4.8). Finetune: 100 epochs,
     SGD Nesterov 0.9, lr 1e-2 x0.1 at 50/80, batch 32, wd 4e-5 on the task's own weights."""
 
-    plateau_patience: int = 5  # cpg.md 4.8 fine-grained (schedule=plateau): x0.1 after 5 epochs without gain ...
-    plateau_max_decays: int = 3  # ... stop after 3 decays; the monitored value is the selection accuracy
+    # cpg.md 4.8 fine-grained/face (schedule=plateau, CPG_imagenet_main.py / CPG_face_main.py): x0.1 once
+    # ``plateau_patience`` epochs in a row bring no gain on the selection split; the epoch after the
+    # ``plateau_max_decays``-th decay is the last; the picking mask's lr takes x``mask_decay`` at the first decay.
+    plateau_patience: int = 5
+    plateau_max_decays: int = 3
     mask_lr: float = 5e-4  # cpg.md 4.5: Adam on the picking mask
-    mask_decay_at: float = 0.5  # cpg.md 4.5: x0.2 at epoch 50 of 100 (a fraction of ``epochs``)
+    mask_decay_at: float = 0.5  # cpg.md 4.5: x0.2 at epoch 50 of 100 (a fraction of ``epochs``; multistep only)
     mask_decay: float = 0.2  # cpg.md 4.5
-    mask_freeze_at: float = 0.7  # cpg.md 4.5: x0 at epoch 70 of 100 (skipped if the task owns nothing)
+    mask_freeze_at: float = 0.7  # cpg.md 4.5: x0 at epoch 70 of 100 (multistep only; skipped if the task owns nothing)
     pick_init: float = 0.01  # cpg.md 4.1
     pick_threshold: float = 5e-3  # cpg.md 4.1
     goals: list[float] | str = "auto"  # cpg.md 4.6: "auto" = an independent network per task; a list or a JSON file
@@ -66,7 +76,9 @@ class CPGConfig(TrainHParams):
     # It is their checkpoint-saving gate (pitfall 5), absent from the paper's Algorithm 1 and the
     # ImageNet/face scripts, so off by default; configs/cpg-cifar100-superclass20.yaml sets 0.95.
     min_train_accuracy: float = 0.0
-    select_on: str = "val"  # pitfall 1: "val" (held out) or "test" (the original protocol)
+    # Pitfall 1: "val" (held out, the default) or "test" (the original protocol; then hold nothing out:
+    # benchmark.val_fraction=0, as the paper presets do).
+    select_on: str = "val"
     max_param_multiplier: float = 1.5  # cpg.md 4.4: "mul 1.5"
     param_multiplier_step: float = 0.5  # cpg.md 4.4
     prune_ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))  # cpg.md 4.3
@@ -94,9 +106,17 @@ class CPGConfig(TrainHParams):
             raise ConfigError(f"prune_ratios must increase strictly within (0, 1), got {r}")
         if not 0.0 < self.prune_ramp <= 1.0 or self.prune_frequency < 1 or self.retrain_patience < 1:
             raise ConfigError("prune_ramp must be in (0, 1], prune_frequency and retrain_patience >= 1")
+        if self.plateau_patience < 1 or self.plateau_max_decays < 1:
+            raise ConfigError("plateau_patience and plateau_max_decays must be at least 1")
         if not (0.0 <= self.mask_decay_at <= 1.0 and 0.0 <= self.mask_freeze_at <= 1.0):
             raise ConfigError("mask_decay_at and mask_freeze_at are fractions of epochs in [0, 1]")
         load_goals(self.goals)
+
+    def goal_rule(self) -> GoalRule:
+        return GoalRule(self.goal_margin, self.min_train_accuracy)
+
+    def growth(self) -> Growth:
+        return Growth(self.max_param_multiplier, self.param_multiplier_step)
 
 
 def load_goals(goals: list[float] | str) -> list[float] | dict[str, float] | None:
@@ -124,6 +144,57 @@ def load_goals(goals: list[float] | str) -> list[float] | dict[str, float] | Non
     return parsed
 
 
+def task_goal(goals: list[float] | str, task: Task, independent: Callable[[], float]) -> tuple[float, str]:
+    """A task's accuracy goal and its source (cpg.md 4.6): given (a list by task index, or a mapping by
+    task name), or ``independent()`` (an independently trained network's accuracy) for ``"auto"``."""
+    given = load_goals(goals)
+    if given is None:
+        return independent(), "independent"
+    if isinstance(given, dict):
+        if task.name not in given:
+            raise ConfigError(f"goals file has no entry for task {task.name!r} (has {', '.join(given)})")
+        return given[task.name], "given"
+    if task.id >= len(given):
+        raise ConfigError(f"{len(given)} goals given for at least {task.id + 1} tasks")
+    return given[task.id], "given"
+
+
+def independent_accuracy(make_backbone: BackboneFactory, task: Task, ctx: TrainContext, sel: ImageSet, cfg: CPGConfig,
+                         device: torch.device) -> float:
+    """Train a fresh backbone + head on the task alone and score it on ``sel`` (the paper's scratch goal,
+    cpg.md 4.6, ``experiment1/baseline_cifar100.sh``: 100 epochs, lr 1e-2 x0.1 at 50/80)."""
+    net = make_backbone()
+    model = nn.Sequential(net, new_head(net.out_dim, task.num_classes, device))
+
+    def loss(b: Batch) -> StepOutput:
+        out = model(b.x)
+        return StepOutput(F.cross_entropy(out, b.y), out)
+
+    opt = OptimConfig("sgd", cfg.goal_lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, "multistep",
+                      list(cfg.goal_milestones), cfg.gamma)
+    ctx.fit(Phase("goal", task.train, model.parameters(), cfg.goal_epochs, opt, loss, cfg.batch_size, modules=[model]))
+    model.eval()
+    return ctx.accuracy(model, sel)
+
+
+def finetune_optims(cfg: CPGConfig) -> tuple[OptimConfig, OptimConfig]:
+    """The finetune's SGD (weights, BN, biases, head) and Adam (picking mask) settings (cpg.md 4.5, 4.8).
+    multistep (CIFAR): the mask's lr x``mask_decay`` at ``mask_decay_at`` of the epochs. plateau
+    (ImageNet/face code): the weights' lr follows the selection accuracy; the mask's takes
+    x``mask_decay`` at the weights' first decay (a ``follow`` schedule on a shared counter)."""
+    if cfg.schedule == "plateau":
+        counter = DecayCounter()
+        main = cfg.optim(weight_decay=0.0, patience=cfg.plateau_patience, max_decays=cfg.plateau_max_decays,
+                         counter=counter)
+        mask = OptimConfig("adam", cfg.mask_lr, weight_decay=0.0, schedule="follow", milestones=[1],
+                           gamma=cfg.mask_decay, counter=counter)
+        return main, mask
+    decay_at = max(1, round(cfg.mask_decay_at * cfg.epochs))
+    return (cfg.optim(weight_decay=0.0),
+            OptimConfig("adam", cfg.mask_lr, weight_decay=0.0, schedule="multistep", milestones=[decay_at],
+                        gamma=cfg.mask_decay))
+
+
 class CPG(IsolationMethod):
     settings = ("task",)  # a task id chooses the sub-network
     guarantees_unforgetting = True  # the runner verifies old tasks' logits stay bit-identical
@@ -146,52 +217,29 @@ class CPG(IsolationMethod):
 
     # ------------------------------------------------------------------ goals
     def goal(self, task: Task, ctx: TrainContext, sel: ImageSet) -> tuple[float, str]:
-        given = load_goals(self.config.goals)
-        if given is None:
-            return self.independent_accuracy(task, ctx, sel), "independent"
-        if isinstance(given, dict):
-            if task.name not in given:
-                raise ConfigError(f"goals file has no entry for task {task.name!r} (has {', '.join(given)})")
-            return given[task.name], "given"
-        if task.id >= len(given):
-            raise ConfigError(f"{len(given)} goals given for at least {task.id + 1} tasks")
-        return given[task.id], "given"
+        return task_goal(self.config.goals, task, lambda: self.independent_accuracy(task, ctx, sel))
 
     def independent_accuracy(self, task: Task, ctx: TrainContext, sel: ImageSet) -> float:
-        """Train a fresh backbone + head on the task alone (the paper's scratch goal, cpg.md 4.6)."""
-        cfg: CPGConfig = self.config
-        net = self.make_backbone()
-        model = nn.Sequential(net, new_head(net.out_dim, task.num_classes, self.device))
-
-        def loss(b: Batch) -> StepOutput:
-            out = model(b.x)
-            return StepOutput(F.cross_entropy(out, b.y), out)
-
-        opt = OptimConfig("sgd", cfg.goal_lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, "multistep",
-                          list(cfg.goal_milestones), cfg.gamma)
-        ctx.fit(Phase("goal", task.train, model.parameters(), cfg.goal_epochs, opt, loss, cfg.batch_size, modules=[model]))
-        model.eval()
-        return ctx.accuracy(model, sel)
+        return independent_accuracy(self.make_backbone, task, ctx, sel, self.config, self.device)
 
     # ------------------------------------------------------------------ phases
     def finetune(self, task: Task, ctx: TrainContext, picking: bool, sel: ImageSet) -> list[EpochStats]:
         """Train the task's own weights, BN/biases and head (SGD) and its picking mask (Adam)."""
         cfg: CPGConfig = self.config
         t, mb = task.id, self.mb
+        opt, mask_opt = finetune_optims(cfg)
         extra = []
         if picking:
             assert mb.picks is not None
-            decay_at = max(1, round(cfg.mask_decay_at * cfg.epochs))
-            extra = [(list(mb.picks), OptimConfig("adam", cfg.mask_lr, weight_decay=0.0, schedule="multistep",
-                                                  milestones=[decay_at], gamma=cfg.mask_decay))]
+            extra = [(list(mb.picks), mask_opt)]
         owns = mb.count(t)["owned"] > 0
         freeze_at = max(1, round(cfg.mask_freeze_at * cfg.epochs))
 
         def on_epoch_end(epoch: int, stats: EpochStats) -> None:
-            if picking and owns and epoch >= freeze_at:  # mask lr x0 (cpg.md 4.5)
+            # mask lr x0 (cpg.md 4.5): the CIFAR script's epoch schedule only
+            if picking and owns and cfg.schedule != "plateau" and epoch >= freeze_at:
                 mb.pick_frozen = True
 
-        opt = cfg.optim(weight_decay=0.0, patience=cfg.plateau_patience, max_decays=cfg.plateau_max_decays)
         monitor = (lambda: -self.accuracy(ctx, t, sel)) if cfg.schedule == "plateau" else None
         try:
             return ctx.fit(Phase("finetune", task.train, self.train_params(t), cfg.epochs, opt, self.loss_fn(t),
@@ -208,25 +256,46 @@ class CPG(IsolationMethod):
         t, mb = task.id, self.mb
         iters = math.ceil(len(task.train) / cfg.batch_size)
         end = max(1, round(cfg.prune_ramp * cfg.prune_epochs)) * iters
-        step = [0]
-
-        def after_step() -> None:
-            step[0] += 1
-            k = step[0]
-            if k <= end and (k % cfg.prune_frequency == 0 or k == end):
-                prune_layerwise(mb, t, cubic_sparsity(k, s_i, s_f, 0, end))
-            mb.zero_free()
-
+        pruner = CubicPruner(mb, t, s_i, s_f, end, cfg.prune_frequency)
         mb.pick_frozen = True
         try:
             hist = ctx.fit(Phase(f"prune-{s_f:g}", task.train, self.train_params(t), cfg.prune_epochs,
                                  cfg.optim(lr=cfg.prune_lr, schedule="none", milestones=[], weight_decay=0.0),
                                  self.loss_fn(t), cfg.batch_size, after_backward=self.decay_hook(t, cfg.weight_decay),
-                                 after_step=after_step, train_mode=self.train_all))
-            prune_layerwise(mb, t, s_f)  # no-op unless the run ended before the schedule's last update
+                                 after_step=pruner, train_mode=self.train_all))
+            pruner.finish()  # no-op unless the run ended before the schedule's last update
         finally:
             mb.pick_frozen = False
         return hist
+
+    def compact(self, task: Task, ctx: TrainContext, sel: ImageSet, goal: float,
+                cap: float | None) -> tuple[dict[float, float], float, str | None]:
+        """COMPACT and PICK-RATIO (cpg.md 4.3, 4.6): one pruning run per ratio step (stopping at the reserved
+        capacity ``cap`` or at the train-accuracy gate), each scored on ``sel``; the chosen ratio's model
+        is restored. Returns the accuracy per ratio, the chosen ratio (0: unpruned) and why it stopped."""
+        cfg: CPGConfig = self.config
+        t = task.id
+        record: dict[float, float] = {}
+        stopped = None
+        snaps = {0.0: self.task_snapshot(t)}
+        qualifying = None
+        for s_i, s_f in ratio_runs(cfg.prune_ratios):
+            if cap is not None and s_f > cap + 1e-9:
+                stopped = f"reserved capacity: ratio <= {cap:g} for {(ctx.num_tasks or 0) - t - 1} remaining tasks"
+                break
+            run = self.prune_run(task, ctx, s_i, s_f)
+            run_train = last_train_accuracy(run) or 0.0
+            if cfg.min_train_accuracy > 0 and run_train <= cfg.min_train_accuracy:
+                stopped = f"train accuracy {run_train:.3f} <= {cfg.min_train_accuracy} at ratio {s_f:g}"
+                break
+            record[s_f] = self.accuracy(ctx, t, sel)
+            if record[s_f] + cfg.allow_acc_loss >= goal:
+                qualifying = s_f
+            snaps = {r: s for r, s in snaps.items() if r in (0.0, qualifying)}
+            snaps[s_f] = self.task_snapshot(t)
+        chosen = choose_ratio(record, goal, cfg.allow_acc_loss, take_highest=cap is not None)
+        self.restore_task(t, snaps[chosen])  # also undoes a run that failed the train-accuracy gate
+        return record, chosen, stopped
 
     def retrain(self, task: Task, ctx: TrainContext, sel: ImageSet, baseline: float) -> dict[str, Any]:
         """Reset the picking mask and train again (cpg.md 4.6); keep the best epoch only if it beats
@@ -271,66 +340,56 @@ class CPG(IsolationMethod):
         sel = self.selection_data(task, cfg.select_on)
         goal, source = self.goal(task, ctx, sel)
         frozen = mb.frozen_values(t)
-        start = mb.snapshot()
-        attempts: list[dict[str, Any]] = []
-        while True:  # GROW loop (cpg.md 4.2)
+
+        def attempt() -> dict[str, Any]:
             mb.claim_free(t)
             picking = mb.count(t)["earlier"] > 0
             if picking:
                 mb.start_picking(t)
             hist = self.finetune(task, ctx, picking, sel)
-            acc0 = self.accuracy(ctx, t, sel)
-            train_acc = hist[-1].accuracy if hist and hist[-1].accuracy is not None else 0.0
-            met = (cfg.min_train_accuracy <= 0 or train_acc > cfg.min_train_accuracy) and acc0 + cfg.goal_margin >= goal
-            attempts.append({"param_multiplier": self.param_multiplier, "width_multiplier": mb.width,
-                             "accuracy": acc0, "train_accuracy": train_acc, "goal_met": met})
-            if met or self.param_multiplier >= cfg.max_param_multiplier - 1e-9:
-                break
-            mb.restore(start)  # retry from the state before this task, wider
-            self.param_multiplier = min(cfg.max_param_multiplier, self.param_multiplier + cfg.param_multiplier_step)
-            mb.grow(math.sqrt(self.param_multiplier))
-            self.replace_head(t)
+            return {"accuracy": self.accuracy(ctx, t, sel), "train_accuracy": last_train_accuracy(hist),
+                    "picked_fraction": mb.picked_fraction(t)}  # what the finetune's picking kept
 
-        # COMPACT (cpg.md 4.3) and PICK-RATIO (cpg.md 4.6)
+        # GROW loop (cpg.md 4.2)
+        attempts, met, self.param_multiplier = train_until_goal(self, t, attempt, goal, cfg.goal_rule(), cfg.growth(),
+                                                                self.param_multiplier)
+        chosen_acc, stage = attempts[-1]["accuracy"], "finetune"
+
+        # COMPACT (cpg.md 4.3) and PICK-RATIO (cpg.md 4.6); skipped, with the retrain, for a task owning nothing
+        owns = mb.count(t)["owned"] > 0
         cap = None
         if not met and cfg.reserve_capacity and ctx.num_tasks is not None:
             cap = reserved_ratio(ctx.num_tasks - (t + 1))
         record: dict[float, float] = {}
-        stopped = None
-        chosen = 0.0
-        if mb.count(t)["owned"] > 0:
-            snaps = {0.0: self.task_snapshot(t)}
-            qualifying = None
-            for s_i, s_f in ratio_runs(cfg.prune_ratios):
-                if cap is not None and s_f > cap + 1e-9:
-                    stopped = f"reserved capacity: ratio <= {cap:g} for {ctx.num_tasks - t - 1} remaining tasks"
-                    break
-                run = self.prune_run(task, ctx, s_i, s_f)
-                run_train = run[-1].accuracy if run and run[-1].accuracy is not None else 0.0
-                if cfg.min_train_accuracy > 0 and run_train <= cfg.min_train_accuracy:
-                    stopped = f"train accuracy {run_train:.3f} <= {cfg.min_train_accuracy} at ratio {s_f:g}"
-                    break
-                record[s_f] = self.accuracy(ctx, t, sel)
-                if record[s_f] + cfg.allow_acc_loss >= goal:
-                    qualifying = s_f
-                snaps = {r: s for r, s in snaps.items() if r in (0.0, qualifying)}
-                snaps[s_f] = self.task_snapshot(t)
-            chosen = choose_ratio(record, goal, cfg.allow_acc_loss, take_highest=cap is not None)
-            self.restore_task(t, snaps[chosen])  # also undoes a run that failed the train-accuracy gate
-        else:
-            stopped = "the task owns no weights"
-        chosen_acc = record.get(chosen, acc0)
+        chosen, stopped = 0.0, "the task owns no weights"
+        if owns:
+            record, chosen, stopped = self.compact(task, ctx, sel, goal, cap)
+            if chosen in record:
+                chosen_acc, stage = record[chosen], f"prune-{chosen:g}"
 
+        # RETRAIN (t >= 2, cpg.md 4.6; not after exit code 5)
         retrain = None
-        if mb.picks is not None and cfg.retrain_epochs > 0:  # t >= 2 (cpg.md 4.6)
+        if mb.picks is not None and owns and cfg.retrain_epochs > 0:
             retrain = self.retrain(task, ctx, sel, chosen_acc)
+            if retrain["accepted"]:
+                chosen_acc, stage = retrain["best"], "retrain"
 
         mb.assert_unchanged(frozen)
         info: dict[str, Any] = {"goal": goal, "goal_source": source, "select_on": cfg.select_on, "attempts": attempts,
-                                "param_multiplier": self.param_multiplier, "pruning_accuracy": {f"{r:g}": a for r, a in record.items()},
-                                "pruning_ratio": chosen, "pruning_stopped": stopped, "reserved_ratio": cap, "retrain": retrain,
-                                **self.ownership_info(t)}
+                                "param_multiplier": self.param_multiplier,
+                                "pruning_accuracy": {f"{r:g}": a for r, a in record.items()},
+                                "pruning_ratio": chosen, "pruning_stopped": stopped, "reserved_ratio": cap,
+                                "retrain": retrain, **self.ownership_info(t),
+                                "accuracy_selected": chosen_acc, "goal_met": chosen_acc + cfg.goal_margin >= goal,
+                                "chosen": chosen_record(cfg.select_on, chosen_acc, stage)}
         mb.finish_task(t)
-        info["accuracy_selected"] = self.accuracy(ctx, t, sel)
-        info["goal_met"] = info["accuracy_selected"] + cfg.goal_margin >= goal
         return info
+
+    def task_summary(self, info: dict[str, Any]) -> str:
+        """Ratio, width and growth, goal and whether it was met, and the paper's Exp/Red."""
+        grew = [a["param_multiplier"] for a in info.get("attempts", [])]
+        growth = f"P {'->'.join(f'{p:g}' for p in grew)}" if len(grew) > 1 else f"P {info['param_multiplier']:g}"
+        met = "met" if info["goal_met"] else "missed"
+        return (f"ratio {info['pruning_ratio']:g}, width x{info['width_multiplier']:.3f} ({growth}), "
+                f"goal {info['goal']:.3f} {met} ({info['accuracy_selected']:.3f} on {info['select_on']}), "
+                f"exp {info['exp']:.2f}, red {info['red']:.2f}")

@@ -68,9 +68,13 @@ class PackNet(IsolationMethod):
                           cfg.batch_size, after_backward=decay, after_step=self.mb.zero_free, train_mode=self.train_all))
         self.mb.assert_unchanged(frozen)
         info = {"claimed": claimed, "pruning_ratio": cfg.prune_ratio if claimed else 0.0, "freed": freed,
-                **self.ownership_info(t)}
+                **self.ownership_info(t), "chosen": self.trained_accuracy(ctx, task)}
         self.mb.finish_task(t)
         return info
+
+    def task_summary(self, info: dict[str, Any]) -> str:
+        """The one decision: the fraction of the task's weights freed (one shot, per layer)."""
+        return f"pruning ratio {info['pruning_ratio']:g} (owns {info['owned_fraction']:.3f} of the network)"
 
     def footprint_note(self, counts: Any) -> str:
         return "fp32 weights, per-task BN/biases/heads and a ceil(log2(T+1))-bit owner index per weight (cpg.md 6)"

@@ -83,9 +83,15 @@ class Piggyback(IsolationMethod):
             ctx.fit(Phase("mask", task.train, list(picks) + list(self.heads[t].parameters()), cfg.epochs, cfg.optim(),
                           self.loss_fn(t), cfg.batch_size, train_mode=self.train_frozen_bn))
         self.mb.assert_unchanged(frozen)
-        info = self.ownership_info(t)
+        info = {**self.ownership_info(t), "chosen": self.trained_accuracy(ctx, task)}
         self.mb.finish_task(t)
         return info
+
+    def task_summary(self, info: dict[str, Any]) -> str:
+        """What the learned mask kept of the backbone (the first task without published weights trains it)."""
+        if info.get("picked_fraction") is None:
+            return "trained the backbone (no mask)"
+        return f"mask keeps {info['picked_fraction']:.3f} of the backbone's weights"
 
     def footprint_note(self, counts: Any) -> str:
         return "fp32 backbone, per-task BN/biases/heads and a 1-bit mask per weight for each masked task (cpg.md 6)"

@@ -1,15 +1,26 @@
-"""Pruning and the shared base of the parameter-isolation methods (PackNet, Piggyback, CPG).
+"""Pruning, goals and growth, and the shared base of the parameter-isolation methods (PackNet,
+Piggyback, CPG; a PackNet-pruned, CPG-grown method such as PAE combines the same pieces).
 
-Pure functions (cpg.md 4.3, 4.6): the cubic sparsity schedule of Zhu and Gupta, layer-wise
-magnitude selection among a task's own weights, the ratio choice and the reserved-capacity
-rule. ``IsolationMethod`` holds what the three methods share: a ``MaskedBackbone``, one head
-per task, the training pieces they hand to ``ctx.fit`` (parameter lists, manual weight decay
-on owned weights only, re-zeroing of freed weights), the isolation check and the footprint.
+Pieces usable on their own (cpg.md 4.2-4.6):
+
+- compacting: ``cubic_sparsity`` (Zhu and Gupta's schedule), ``magnitude_select`` /
+  ``prune_layerwise`` (layer-wise magnitude pruning of a task's own weights, one shot),
+  ``CubicPruner`` (an ``after_step`` hook pruning gradually along the schedule),
+  ``ratio_runs``, ``choose_ratio``, ``reserved_ratio``;
+- goals: ``GoalRule`` (is an accuracy good enough: goal, margin, train-accuracy gate);
+- growing: ``Growth`` (the parameter-multiplier steps) and ``train_until_goal`` (train, and
+  while the goal is missed, restore the state before the task, grow and train again);
+- reporting: ``paper_columns`` (the paper's Exp and Red).
+
+``IsolationMethod`` holds what the methods share: a ``MaskedBackbone``, one head per task, the
+training pieces they hand to ``ctx.fit`` (parameter lists, manual weight decay on owned weights
+only, re-zeroing of freed weights), the isolation check and the footprint.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -71,6 +82,33 @@ def prune_layerwise(mb: MaskedBackbone, task: int, sparsity: float) -> int:
     return freed
 
 
+class CubicPruner:
+    """One gradual-pruning run ``initial -> final`` as an ``after_step`` hook (cpg.md 4.3, ``utils/prune.py``).
+
+    ``step`` counts optimiser steps from 0; at every ``frequency``-th step up to ``end`` (and at
+    ``end`` itself, so a short run still reaches its target) the task's weights are pruned
+    layer-wise to ``cubic_sparsity(step, initial, final, 0, end)``; after every step freed
+    weights are re-zeroed (pitfall 3). ``finish()`` brings the run to ``final`` if it ended
+    before ``end`` (the original would record a lower sparsity under the target's name).
+    """
+
+    def __init__(self, mb: MaskedBackbone, task: int, initial: float, final: float, end: int, frequency: int) -> None:
+        self.mb, self.task = mb, task
+        self.initial, self.final = initial, final
+        self.end, self.frequency = max(1, end), max(1, frequency)
+        self.step = 0
+
+    def __call__(self) -> None:
+        self.step += 1
+        k = self.step
+        if k <= self.end and (k % self.frequency == 0 or k == self.end):
+            prune_layerwise(self.mb, self.task, cubic_sparsity(k, self.initial, self.final, 0, self.end))
+        self.mb.zero_free()
+
+    def finish(self) -> None:
+        prune_layerwise(self.mb, self.task, self.final)
+
+
 def choose_ratio(record: dict[float, float], goal: float, allow_loss: float = 0.0, take_highest: bool = False) -> float:
     """The largest recorded ratio whose accuracy (+ ``allow_loss``) meets the goal, else 0 (unpruned);
     ``take_highest``: the largest recorded ratio regardless (goal missed at full width, cpg.md 4.6)."""
@@ -88,6 +126,86 @@ def reserved_ratio(remaining: int) -> float:
     """Highest ratio to prune to when the goal is missed at full width: leave ``round(1/(R+1), 1)``
     for this task, the rest for the ``R`` remaining tasks; Python's ``round`` as the original (pitfall 13)."""
     return 1.0 - round(1.0 / (remaining + 1), 1)
+
+
+# --------------------------------------------------------------------------- goals and growth
+@dataclass
+class GoalRule:
+    """When an accuracy meets a task's goal (cpg.md 4.6): ``accuracy + margin >= goal`` and, when
+    ``min_train_accuracy > 0`` (the CIFAR scripts' gate, cpg.md 4.2), ``train_accuracy >`` it."""
+
+    margin: float = 0.0
+    min_train_accuracy: float = 0.0
+
+    def met(self, accuracy: float, goal: float, train_accuracy: float | None = None) -> bool:
+        train_ok = self.min_train_accuracy <= 0 or (train_accuracy or 0.0) > self.min_train_accuracy
+        return train_ok and accuracy + self.margin >= goal
+
+
+@dataclass
+class Growth:
+    """The growing steps (cpg.md 4.4): the parameter multiplier P starts at 1, grows by ``step`` up to
+    ``max_param_multiplier``, and is never reset; channels are multiplied by sqrt(P) (pitfall 2)."""
+
+    max_param_multiplier: float = 1.5
+    step: float = 0.5
+
+    def can_grow(self, p: float) -> bool:
+        return p < self.max_param_multiplier - 1e-9
+
+    def next(self, p: float) -> float:
+        return min(self.max_param_multiplier, p + self.step)
+
+    @staticmethod
+    def width(p: float) -> float:
+        return math.sqrt(p)
+
+
+def train_until_goal(method: "IsolationMethod", task: int, attempt: Callable[[], dict[str, Any]], goal: float,
+                     rule: GoalRule, growth: Growth, param_multiplier: float) -> tuple[list[dict[str, Any]], bool, float]:
+    """The GROW loop (cpg.md 4.2, ``experiment1/CPG_cifar100_scratch_mul_1.5.sh`` exit code 2): run
+    ``attempt()`` (train the task; returns at least its selection ``accuracy`` and ``train_accuracy``,
+    plus anything to record); while the goal is missed and the network may grow, restore the state from
+    before the task, grow to the next multiplier (a fresh head for ``task``) and try again. Returns the
+    attempts (multipliers, what ``attempt`` returned, ``goal_met``), whether the goal was met, and P."""
+    start = method.mb.snapshot()
+    attempts: list[dict[str, Any]] = []
+    while True:
+        result = attempt()
+        met = rule.met(result["accuracy"], goal, result["train_accuracy"])
+        attempts.append({"param_multiplier": param_multiplier, "width_multiplier": method.mb.width, **result,
+                         "goal_met": met})
+        if met or not growth.can_grow(param_multiplier):
+            return attempts, met, param_multiplier
+        method.mb.restore(start)  # retry from the state before this task, wider
+        param_multiplier = growth.next(param_multiplier)
+        method.mb.grow(growth.width(param_multiplier))
+        method.replace_head(task)
+
+
+def paper_columns(mb: MaskedBackbone) -> dict[str, float]:
+    """The paper's table columns (cpg.md 6, CIFAR), in units of the *original* network (width 1):
+    ``exp`` = maskable weights now / at width 1 (1.5 for CPG on CIFAR), ``red`` = free weights (owner 0)
+    now / maskable weights at width 1 (0.41 for CPG avg). ``free_fraction`` in ``info`` is relative to
+    the network as grown."""
+    original = mb.shapes_at(1.0)
+    n0 = sum(math.prod(original[n]) for n in mb.layers)
+    now = sum(mb.owner(n).numel() for n in mb.layers)
+    free = sum(int((mb.owner(n) == 0).sum()) for n in mb.layers)
+    return {"exp": now / n0, "red": free / n0}
+
+
+def last_train_accuracy(history: Sequence[Any]) -> float | None:
+    """The last epoch's running train accuracy of a phase (None when nothing ran)."""
+    return history[-1].accuracy if history else None
+
+
+def chosen_record(split: str, accuracy: float, stage: str) -> dict[str, Any]:
+    """What a method records of the model it keeps for a task: the accuracy it measured on ``split``
+    ("val", "test" or "train_eval", the training images test-transformed) with ``ctx.accuracy``
+    before the task was stored. The runner recomputes it on the served model and records
+    ``served_equals_trained`` (they must be equal exactly)."""
+    return {"split": split, "accuracy": accuracy, "stage": stage}
 
 
 # --------------------------------------------------------------------------- the shared base
@@ -200,11 +318,18 @@ class IsolationMethod(Method):
         return data
 
     def ownership_info(self, task: int) -> dict[str, Any]:
+        """Fractions of the network as it is now (grown or not) owned by the task, free and owned by
+        earlier tasks; the picked fraction of the earlier weights; the paper's Exp and Red."""
         c = self.mb.count(task)
         picked = self.mb.picked_fraction(task)
         return {"width_multiplier": self.mb.width, "owned_fraction": c["owned"] / c["total"],
                 "free_fraction": c["free"] / c["total"], "earlier_fraction": c["earlier"] / c["total"],
-                "picked_fraction": picked}
+                "picked_fraction": picked, **paper_columns(self.mb)}
+
+    def trained_accuracy(self, ctx: TrainContext, task: Task) -> dict[str, Any]:
+        """``chosen_record`` for a method that selects nothing (PackNet, Piggyback): the kept model's
+        accuracy on the training images, test-transformed, measured before the task is stored."""
+        return chosen_record("train_eval", self.accuracy(ctx, task.id, task.train), "last epoch")
 
     # ------------------------------------------------------------------ accounting
     def footprint(self) -> Footprint:
