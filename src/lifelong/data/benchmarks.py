@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
-from . import formats, idx, images
+from . import formats, idx, images, lasem_data
 from .augment import AugmentSpec
 from .imageset import ImageSet
 from .scenario import Scenario, build_tasks, class_groups, legacy_permutation, stratified_split
@@ -472,6 +472,10 @@ BENCHMARKS: dict[str, Benchmark] = {
                   build_folder, lambda r: [r]),
         Benchmark("list", ("class", "task"), "'path label' list files (train.txt, val.txt) under --data-root, as BiC's ImageNet",
                   build_list, lambda r: [r / "train.txt", r / "val.txt"]),
+        Benchmark("cifar100-lasem", ("task",), "CIFAR-100, LASEM's 10 fixed tasks of 10 classes, 17 train / 3 val per class",
+                  lasem_data.build_cifar100_lasem, lasem_data.cifar_files),
+        Benchmark("stl10-lasem", ("task",), "STL-10, LASEM's 20 three-way tasks with per-task noise and channel order",
+                  lasem_data.build_stl10_lasem, lasem_data.stl_files),
         *_idx_benchmarks(MNIST),
         *_idx_benchmarks(FASHION_MNIST),
     ]
