@@ -137,8 +137,10 @@ class LASEM(TransferMethod):
 
     def layer_mass(self, gamma: torch.Tensor) -> torch.Tensor:
         """(L,): sum of gamma_c over the configurations c that share each layer."""
-        C = gamma.numel()
-        shares = torch.tensor([config_of(i, self.groups) for i in range(C)], dtype=gamma.dtype, device=gamma.device)
+        shares = getattr(self, "_shares", None)
+        if shares is None or shares.device != gamma.device or shares.dtype != gamma.dtype:
+            rows = [config_of(i, self.groups) for i in range(gamma.numel())]
+            shares = self._shares = torch.tensor(rows, dtype=gamma.dtype, device=gamma.device)
         return gamma @ shares
 
     def em_loss(self, x: torch.Tensor, y: torch.Tensor, t: int) -> tuple[StepOutput, torch.Tensor]:
@@ -157,7 +159,8 @@ class LASEM(TransferMethod):
         loss = (gamma * ce).sum()
         if self.kind != "hps":
             loss = loss + self.regulariser(self.net.penalties(t), self.layer_mass(gamma))
-        return StepOutput(loss, logits[int(self.prior.argmax())].detach()), gamma
+        best = logits.index_select(0, self.prior.argmax().view(1))[0]  # no device sync per step
+        return StepOutput(loss, best.detach()), gamma
 
     def commit(self, t: int) -> Config:
         """c* = argmax pi; roll back the shared layers c* does not use; drop the unchosen per-task parts."""
