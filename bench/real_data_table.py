@@ -8,6 +8,7 @@ and wall time per run, then whether each paper's claimed property holds on this 
 
     python bench/real_data_table.py --setting class --seeds 0 1 2 --per-class 1000 --out runs/fmnist-class
     python bench/real_data_table.py --setting task --methods finetune independent cpg --out runs/fmnist-task
+    python bench/real_data_table.py --benchmark digits --per-class 0 --memory 40 --out runs/digits-class
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def run_one(label: str, method: str, overrides: dict[str, Any], a: argparse.Name
     if method not in METHODS:  # not built (yet)
         return None
     kwargs = dict(overrides)
+    if "memory" in kwargs and a.memory:
+        kwargs["memory"] = a.memory
+    if a.tasks:
+        kwargs["tasks"] = a.tasks
     if a.per_class:
         kwargs["benchmark__per_class"] = a.per_class
     if a.epochs:
@@ -122,6 +127,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--per-class", type=int, default=1000, help="training images per class (0: all 6,000)")
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--memory", type=int, default=None, help="exemplars for the methods that keep them (default 2000)")
+    ap.add_argument("--tasks", type=int, default=None)
     ap.add_argument("--methods", nargs="*", help="labels to run (default: all)")
     ap.add_argument("--out", default="runs/real-data")
     a = ap.parse_args()
