@@ -27,7 +27,6 @@ one epoch earlier, manets.md 3.3 - shift ``milestones`` by -1 for that).
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +105,7 @@ class LUCIR(Method):
 
     def lambda_t(self, n_old: int, n_new: int) -> float:
         """Adaptive less-forget weight ``lambda_base * sqrt(n_old / n_new)`` (manets.md 5)."""
-        return self.config.lambda_base * math.sqrt(n_old / n_new) if n_old else 0.0
+        return distill.adaptive_lambda(self.config.lambda_base, n_old, n_new)
 
     def fit_task(self, task: Task, ctx: TrainContext) -> dict[str, Any]:
         cfg: LUCIRConfig = self.config
