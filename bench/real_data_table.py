@@ -27,8 +27,12 @@ CLASS_RUNS: list[tuple[str, str, dict[str, Any]]] = [
     ("finetune", "finetune", {}), ("joint", "joint", {}), ("lwf", "lwf", {}), ("ewc", "ewc", {}), ("si", "si", {}),
     ("replay", "replay", {"memory": 2000}), ("icarl", "icarl", {"memory": 2000}), ("lucir", "lucir", {"memory": 2000}),
     ("bic", "bic", {"memory": 2000}),
+    ("icarl-cosine", "icarl", {"memory": 2000, "variant": "aanets", "classifier": "cnn"}),  # AANets' iCaRL, 1 branch
     ("aanets-icarl", "aanets", {"memory": 2000, "baseline": "icarl"}),
     ("aanets-lucir", "aanets", {"memory": 2000, "baseline": "lucir"}),
+    ("aanets-lucir-single", "aanets", {"memory": 2000, "baseline": "lucir", "branch_mode": "single", "branch_1": "free"}),
+    ("aanets-lucir-free-free", "aanets", {"memory": 2000, "baseline": "lucir", "branch_1": "free", "branch_2": "free",
+                                          "fusion_lr": 0.0}),
 ]
 TASK_RUNS: list[tuple[str, str, dict[str, Any]]] = [
     ("finetune", "finetune", {}), ("joint", "joint", {}), ("independent", "independent", {}), ("lwf", "lwf", {}),
@@ -99,9 +103,9 @@ def claims(results: dict[str, list[dict[str, Any]]]) -> list[str]:
         before = statistics.mean(r["variants"]["before_correction"]["seen_accuracy"][-1] for r in results["bic"])
         out.append(f"- BiC's bias correction helps (final {after * 100:.1f} vs {before * 100:.1f} before): "
                    f"{'yes' if after > before else 'NO'}")
-    for base in ("icarl", "lucir"):
-        if f"aanets-{base}" in results and base in results:
-            a, b = mean(f"aanets-{base}", "average_incremental_accuracy"), mean(base, "average_incremental_accuracy")
+    for base in ("icarl-cosine", "lucir"):
+        if f"aanets-{base.split('-')[0]}" in results and base in results:
+            a, b = mean(f"aanets-{base.split('-')[0]}", "average_incremental_accuracy"), mean(base, "average_incremental_accuracy")
             out.append(f"- AANets improves {base} (average incremental {a * 100:.1f} vs {b * 100:.1f}): "
                        f"{'yes' if a > b else 'NO'}")
     for label, runs in results.items():
