@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
-from . import formats, idx, images, lasem_data
+from . import dct, formats, idx, images, lasem_data
 from .augment import AugmentSpec
 from .imageset import ImageSet
 from .scenario import Scenario, build_tasks, class_groups, legacy_permutation, stratified_split
@@ -39,6 +39,7 @@ class BenchmarkConfig:
     test_list: str = "val.txt"
     task_sizes: list[int] | None = None  # folder/list: classes per task in class order, for unequal tasks
     per_class: int | None = None  # cap on TRAIN images per class: stratified, seeded by split_seed, before task splits
+    datasets: list[str] | None = None  # dct: dataset folders in task order (default: ROOT/tasks.txt, else all, sorted)
 
 
 @dataclass
@@ -472,10 +473,13 @@ BENCHMARKS: dict[str, Benchmark] = {
                   build_folder, lambda r: [r]),
         Benchmark("list", ("class", "task"), "'path label' list files (train.txt, val.txt) under --data-root, as BiC's ImageNet",
                   build_list, lambda r: [r / "train.txt", r / "val.txt"]),
+        Benchmark("dct", ("task",), "one task per dataset: root/<dataset>/{train,test}/<class>/* (CLR's DCT protocol)", dct.build_dct, lambda r: [r]),
         Benchmark("cifar100-lasem", ("task",), "CIFAR-100, LASEM's 10 fixed tasks of 10 classes, 17 train / 3 val per class",
                   lasem_data.build_cifar100_lasem, lasem_data.cifar_files),
         Benchmark("stl10-lasem", ("task",), "STL-10, LASEM's 20 three-way tasks with per-task noise and channel order",
                   lasem_data.build_stl10_lasem, lasem_data.stl_files),
+        Benchmark("officehome-lasem", ("task",), "Office-Home Product + Real World, LASEM's fixed 10 tasks of 13 classes, 60/10/30, 128x128", lasem_data.build_officehome_lasem, lasem_data.officehome_files),
+        Benchmark("officehome-incremental", ("task",), "Office-Home Product, 6 tasks of 3..8 classes (LASEM's incremental stream), 60/10/30, 128x128", lasem_data.build_officehome_incremental, lasem_data.officehome_incremental_files),
         *_idx_benchmarks(MNIST),
         *_idx_benchmarks(FASHION_MNIST),
     ]

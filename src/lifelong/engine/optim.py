@@ -15,7 +15,7 @@ import torch
 from ..errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop_tf")
-SCHEDULES = ("none", "multistep", "cosine", "plateau")  # user choices; "follow" is set by methods
+SCHEDULES = ("none", "multistep", "cosine", "plateau", "step")  # user choices; "follow" is set by methods
 
 
 class DecayCounter:
@@ -37,6 +37,7 @@ class OptimConfig:
     schedule: str = "multistep"
     milestones: list[int] = field(default_factory=list)  # epochs at which lr *= gamma
     gamma: float = 0.1
+    step_size: int | None = None  # step: lr *= gamma every step_size epochs (None: a third of the phase, CLR)
     patience: int = 10  # plateau: decay once this many epochs in a row bring no improvement
     max_decays: int | None = None  # plateau: stop one epoch after this many decays (cpg.md 4.8)
     # plateau: publishes its decay count here; follow: lr *= gamma when that count reaches each milestone
@@ -69,6 +70,8 @@ class Schedule:
             self.inner: Any = torch.optim.lr_scheduler.MultiStepLR(optimizer, sorted(cfg.milestones), cfg.gamma)
         elif cfg.schedule == "cosine":
             self.inner = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs))
+        elif cfg.schedule == "step":  # StepLR (CLR main.py: step_size = epochs // 3, clr.md 4)
+            self.inner = torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size or max(1, epochs // 3), cfg.gamma)
         elif cfg.schedule in ("none", "plateau", "follow"):
             self.inner = None
         else:

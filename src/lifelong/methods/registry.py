@@ -21,6 +21,8 @@ METHODS: dict[str, str] = {
     "icarl": "lifelong.methods.icarl:ICaRL",
     "lucir": "lifelong.methods.lucir:LUCIR",
     "bic": "lifelong.methods.bic:BiC",
+    "clr": "lifelong.methods.clr:CLR", "clr-full": "lifelong.methods.clr:CLRFull",
+    "prognn": "lifelong.methods.prognn:ProgNN",
     "aanets": "lifelong.methods.aanets:AANets",
     # LASEM family (lasem.md): baselines, static transfer configurations, EM search
     "stl": "lifelong.methods.stl:STL",

@@ -35,5 +35,17 @@ class VGG16BN(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
+    def levels(self) -> list[nn.Module]:
+        """The stages in order (progressive nets' laterals): the five conv blocks, each ending at its
+        max-pool, then the classifier; running them in sequence is exactly ``forward``."""
+        blocks: list[nn.Module] = []
+        current: list[nn.Module] = []
+        for m in self.features:
+            current.append(m)
+            if isinstance(m, nn.MaxPool2d):
+                blocks.append(nn.Sequential(*current))
+                current = []
+        return blocks + ([nn.Sequential(*current)] if current else []) + [self.classifier]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

@@ -6,7 +6,8 @@ table: Scratch 554.46, PackNet 115.48, Piggyback 121.07, CPG 121.07 MB (MB = 2^2
 Three numbers per method:
 
 - ``paper``: the papers' convention. fp32 weights; BatchNorm as 4 fp32 values per channel per
-  task; fp32 heads; PackNet adds a ceil(log2(T+1))-bit owner index per weight; Piggyback and
+  task; fp32 heads; PackNet (and PAE, which stores what PackNet stores: the table is at width 1, so
+  without PAE's growth) adds a ceil(log2(T+1))-bit owner index per weight; Piggyback and
   CPG add one bit per weight per task after the first (CPG's 121 MB counts no owner index).
   The paper's "Finetune" stores one fine-tuned network per task, hence Scratch's size.
 - ``formula``: what serving really needs by cpg.md 6's general formula; differs from ``paper``
@@ -36,7 +37,7 @@ from ..nn.backbones import BackboneConfig, build_backbone
 from ..nn.masked import StorageCounts, storage_bytes
 
 MB = 2**20
-METHODS = ("independent", "finetune", "packnet", "piggyback", "cpg", "aanets")
+METHODS = ("independent", "finetune", "packnet", "piggyback", "cpg", "pae", "clr", "clr-full", "prognn", "aanets")
 
 
 @dataclass
@@ -132,7 +133,9 @@ def footprint_table(backbone: str, heads: list[int], in_channels: int = 3, image
         FootprintRow("piggyback", piggyback, piggyback, isolated + (T - 1) * a.mask_bytes, f"{T - 1} one-bit masks"),
         FootprintRow("cpg", piggyback, cpg_formula, isolated + (T - 1) * a.mask_bytes,
                      "paper counts masks only; formula adds the owner index inference needs"),
-    ] + ([aanets_row(a, *dual, sum(heads))] if dual else [])
+        FootprintRow("pae", packnet, packnet, isolated,
+                     "as packnet at width 1 (owner index, no masks); growing to P multiplies the weights by ~P (Exp)"),
+    ] + growth_rows(a, backbone, heads, in_channels, image_size) + ([aanets_row(a, *dual, sum(heads))] if dual else [])
 
 
 def aanets_row(a: ArchCounts, scales: int, levels: int, classes: int) -> FootprintRow:
@@ -152,3 +155,77 @@ def format_table(backbone: str, heads: list[int], rows: list[FootprintRow]) -> s
         p, f, c = r.mb()
         lines.append(f"{r.method:<12} {p:>10.2f} {f:>11.2f} {c:>14.2f}  {r.note}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ CLR and progressive nets (clr.md 3, 6)
+# CPG's ProgressiveNet (clr.md 6.5): its code is unpublished, so the lateral reduction s is ours, chosen
+# so that six ResNet-50 columns and LASEM-style laterals at the stage boundaries come to the table's
+# 563 MB (2,298,894 lateral parameters, 8.8 MB). configs/prognn-finegrained-resnet50.yaml uses the same s.
+PROGNN_REDUCTION = 6.25
+
+
+@dataclass
+class CLRCounts:
+    """Per-task parameters of CLR on a backbone (clr.md 3) and the backbone's own size."""
+
+    kernels: int  # 9 x out-channels of every reprogrammed conv
+    bn_params: int  # BN affine (2 per channel)
+    bn_stats: int  # BN running mean and variance (2 per channel)
+    bn_bytes: int  # the per-task BN state as stored (fp32 statistics and parameters, int64 batch counters)
+    backbone: int  # the immutable network's parameters, torchvision's count without its classifier
+    out_dim: int
+
+    @property
+    def reprogram(self) -> int:
+        return self.kernels + self.bn_params + self.bn_stats
+
+
+def clr_counts(backbone: str, cover_1x1: bool = False, in_channels: int = 3, image_size: int = 224) -> CLRCounts:
+    """CLR (or, with ``cover_1x1``, CLR-Full) on ``backbone``, built on the meta device."""
+    from ..nn.reprogram import Reprogrammed
+
+    with torch.device("meta"):
+        net = build_backbone(BackboneConfig(name=backbone), in_channels, image_size)
+        size = sum(p.numel() for p in net.parameters())
+        rp = Reprogrammed(net, cover_1x1)
+        rp.add_task()
+    bns = rp.task_bns(0)
+    stats = [b for m in bns for n, b in m.named_buffers() if not n.endswith("num_batches_tracked")]
+    return CLRCounts(sum(k.numel() for k in rp.kernels(0)), sum(p.numel() for m in bns for p in m.parameters()),
+                     sum(b.numel() for b in stats), sum(t.numel() * t.element_size() for m in bns for t in m.state_dict().values()),
+                     size, rp.out_dim)
+
+
+def prognn_laterals(backbone: str, columns: int, reduction: float = PROGNN_REDUCTION, lateral_levels: list[int] | None = None,
+                    in_channels: int = 3, image_size: int = 224) -> list[int]:
+    """Lateral parameters of each of ``columns`` columns of a progressive net over ``backbone`` (meta device)."""
+    from ..nn.progressive import ProgressiveNet
+
+    with torch.device("meta"):
+        pnn = ProgressiveNet(reduction, lateral_levels)
+        for _ in range(columns):
+            pnn.add_column(build_backbone(BackboneConfig(name=backbone), in_channels, image_size), (in_channels, image_size, image_size))
+    return [pnn.lateral_parameters(k) for k in range(columns)]
+
+
+def growth_rows(a: ArchCounts, backbone: str, heads: list[int], in_channels: int, image_size: int) -> list[FootprintRow]:
+    """CLR, CLR-Full (one immutable network + per-task kernels, BN, head) and progressive nets (one column
+    per task + laterals), fp32; the ratios are those of clr.md 3 (with fc: a ``heads[0]``-class classifier)."""
+    T, H = len(heads), sum((a.out_dim + 1) * c for c in heads)
+    rows = []
+    for name, full in (("clr", False), ("clr-full", True)):
+        c = clr_counts(backbone, full, in_channels, image_size)
+        paper = 4 * (a.weights + a.private) + 4 * (T * c.reprogram + H)
+        checkpoint = a.backbone_bytes + T * (4 * c.kernels + c.bn_bytes) + 4 * H
+        fc = c.backbone + (c.out_dim + 1) * heads[0]
+        note = (f"per task {c.kernels:,} kernels + {c.bn_params:,} BN + {c.bn_stats:,} stats = {c.reprogram:,} "
+                f"({100 * c.reprogram / c.backbone:.3f}% w/o fc, {100 * c.reprogram / fc:.3f}% with) + head")
+        rows.append(FootprintRow(name, paper, paper, checkpoint, note if c.kernels else "no convolution to reprogram"))
+    try:
+        lat = sum(prognn_laterals(backbone, T, PROGNN_REDUCTION, None, in_channels, image_size))
+    except ConfigError:  # a backbone without levels
+        return rows
+    scratch = T * 4 * (a.weights + a.private) + 4 * H
+    rows.append(FootprintRow("prognn", scratch + 4 * lat, scratch + 4 * lat, T * a.backbone_bytes + 4 * lat + 4 * H,
+                             f"{T} columns + {lat:,} lateral parameters (s = {PROGNN_REDUCTION})"))
+    return rows
