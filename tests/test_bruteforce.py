@@ -109,6 +109,14 @@ def test_candidates_resolve_names_and_default_to_every_configuration(scen) -> No
         make("bruteforce-hps", scen, configs=["top2", "FFTT"])
 
 
+def test_ties_go_to_the_first_candidate(scen) -> None:
+    # the family's toy default (TF1 RMSProp at 1e-3) has not moved after one epoch: every candidate ties
+    m, ctx = make("bruteforce-tf", scen, optimizer="rmsprop_tf", lr=1e-3, configs=["FFTT", "TTTT", "FFFF"])
+    search = train(m, ctx, scen, 2)[1]["search"]
+    assert len({s["val_accuracy"] for s in search}) == 1
+    assert m.configs == ["FFTT", "FFTT"]
+
+
 def test_bruteforce_resume_is_exact(tmp_path: Path) -> None:
     kw = dict(method="bruteforce-tf", benchmark="digits", setting="task", backbone="lasem_cnn", device="cpu",
               epochs=1, batch_size=32, backbone__width=0.25, optimizer="adam", lr=1e-2, configs=["TTTT", "FFTT", "TFTF"])
