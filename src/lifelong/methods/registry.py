@@ -40,6 +40,10 @@ METHODS: dict[str, str] = {
     "bruteforce-hps": "lifelong.methods.bruteforce:BruteForceHPS",
     "bruteforce-tf": "lifelong.methods.bruteforce:BruteForceTF",
     "bruteforce-dfcnn": "lifelong.methods.bruteforce:BruteForceDFCNN",
+    "replay": "lifelong.methods.replay:Replay",
+    "lwf": "lifelong.methods.lwf:LwF",
+    "ewc": "lifelong.methods.ewc:EWC",
+    "si": "lifelong.methods.si:SI",
 }
 
 
