@@ -478,6 +478,8 @@ BENCHMARKS: dict[str, Benchmark] = {
                   lasem_data.build_cifar100_lasem, lasem_data.cifar_files),
         Benchmark("stl10-lasem", ("task",), "STL-10, LASEM's 20 three-way tasks with per-task noise and channel order",
                   lasem_data.build_stl10_lasem, lasem_data.stl_files),
+        Benchmark("officehome-lasem", ("task",), "Office-Home Product + Real World, LASEM's fixed 10 tasks of 13 classes, 60/10/30, 128x128", lasem_data.build_officehome_lasem, lasem_data.officehome_files),
+        Benchmark("officehome-incremental", ("task",), "Office-Home Product, 6 tasks of 3..8 classes (LASEM's incremental stream), 60/10/30, 128x128", lasem_data.build_officehome_incremental, lasem_data.officehome_incremental_files),
         *_idx_benchmarks(MNIST),
         *_idx_benchmarks(FASHION_MNIST),
     ]

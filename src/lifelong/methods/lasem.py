@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from ..data.scenario import Task
 from ..engine.loop import StepOutput, TrainContext
 from ..errors import ConfigError
-from ..nn.transfer import Config, config_of, config_str, parse_config
-from .base import BackboneFactory, Method, TaskMeta
+from ..nn.transfer import Config, config_of, config_str
+from .base import BackboneFactory
 from .lasem_common import LasemHParams, fit_lasem_phase
-from .selective import DFTerms, TFTerms, TransferMethod
+from .selective import DFTerms, SearchedTransfer, TFTerms
 
 
 @dataclass
@@ -70,7 +70,7 @@ def mean_true_class_probability(logits: torch.Tensor, y: torch.Tensor) -> torch.
     return probs.gather(2, y.view(1, -1, 1).expand(probs.shape[0], -1, 1)).squeeze(2).mean(1)
 
 
-class LASEM(TransferMethod):
+class LASEM(SearchedTransfer):
     Config = LasemConfig
     default_groups: ClassVar[dict[int, list[int]] | None] = None  # None: one layer per group (plain LASEM)
 
@@ -81,7 +81,6 @@ class LASEM(TransferMethod):
         self.register_buffer("prior", torch.full((C,), 1.0 / C))
         self.register_buffer("post_sum", torch.zeros(C))
         self.register_buffer("post_count", torch.zeros(()))
-        self._snapshot: list[list[torch.Tensor]] | None = None
         self._epoch_started = False
 
     def resolve_groups(self) -> list[int]:
@@ -97,27 +96,8 @@ class LASEM(TransferMethod):
             raise ConfigError(f"groups {groups} must be positive sizes summing to the {L} conv layers")
         return list(groups)
 
-    def shared_layers(self) -> list[bool]:
-        return [True] * self.spec.num_layers
-
-    def config_for(self, task_id: int) -> Config:
-        if task_id < len(self.configs):
-            return parse_config(self.configs[task_id])
-        return config_of(int(self.prior.argmax()), self.groups)  # the task being trained: argmax pi
-
-    # ------------------------------------------------------------ structure
-    def begin_task(self, meta: TaskMeta) -> None:
-        Method.begin_task(self, meta)
-        L = self.net.num_layers
-        self.net.add_task(meta.id, meta.num_classes, [True] * L, [self.kind != "hps"] * L)
-        for layer in self.net.layers:
-            if not bool(layer.born):  # no task committed this shared layer yet: start it afresh
-                layer.reset_shared()
-
-    def rebuild_extra(self, structure: dict[str, Any]) -> None:
-        self.configs = list(structure.get("configs", []))
-        for t, c in enumerate(self.configs):
-            self.net.commit(t, parse_config(c))
+    def current_config(self) -> Config:
+        return config_of(int(self.prior.argmax()), self.groups)  # argmax pi, ties to the first index
 
     # ------------------------------------------------------------ EM
     def reset_prior(self) -> None:
@@ -162,27 +142,10 @@ class LASEM(TransferMethod):
         best = logits.index_select(0, self.prior.argmax().view(1))[0]  # no device sync per step
         return StepOutput(loss, best.detach()), gamma
 
-    def commit(self, t: int) -> Config:
-        """c* = argmax pi; roll back the shared layers c* does not use; drop the unchosen per-task parts."""
-        cfg = config_of(int(self.prior.argmax()), self.groups)
-        assert self._snapshot is not None
-        with torch.no_grad():
-            for layer, c, before in zip(self.net.layers, cfg, self._snapshot):
-                if c:
-                    layer.born.fill_(True)
-                elif bool(layer.born):
-                    for p, old in zip(layer.shared_tensors(), before):
-                        p.copy_(old)
-                # else: never committed by anyone; re-initialised when the next task begins
-        self.net.commit(t, cfg)
-        self.configs.append(config_str(cfg))
-        self._snapshot = None
-        return cfg
-
     def fit_task(self, task: Task, ctx: TrainContext) -> dict[str, Any]:
         t = task.id
         self.reset_prior()
-        self._snapshot = [[p.detach().clone() for p in layer.shared_tensors()] for layer in self.net.layers]
+        self.snapshot()
         history: list[list[float]] = []
 
         def after_epoch(epoch: int) -> None:

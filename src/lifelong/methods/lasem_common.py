@@ -14,7 +14,7 @@ gives the final accuracy and ``info["peak"]`` the peak.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -85,17 +85,24 @@ class PeakTracker:
 
 def fit_lasem_phase(method: torch.nn.Module, ctx: TrainContext, task: Task, params: list[torch.nn.Parameter],
                     loss: Callable[[Batch], StepOutput], predict: Callable[[torch.Tensor], torch.Tensor],
-                    cfg: LasemHParams, after_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
+                    cfg: LasemHParams, after_epoch: Callable[[int], None] | None = None,
+                    interleave: Phase | None = None, grad_only_params: bool = False) -> dict[str, Any]:
     """One task through the shared loop with the code's protocol; returns ``{"peak": ..., "global_epochs": n}``.
 
     ``method.global_epoch`` (a buffer) is the stream-wide epoch count of the lr decay; the
-    optimiser's one param group is handed in as a dict so the per-epoch decay can set its lr."""
+    optimiser's one param group is handed in as a dict so the per-epoch decay can set its lr.
+
+    ``interleave`` (DARTS's architecture step): a phase run for one epoch after each epoch of this
+    one (the loop's ``Phase.interleave``); its dict param groups get the lr the epoch just trained
+    with (the code's two RMSProp trainers share lr and decay), and ``after_epoch`` and the peak
+    evaluation move to its epoch end, so they see both updates of the epoch."""
     group: dict[str, Any] = {"params": list(params), "lr": lasem_lr(cfg, int(method.global_epoch))}
     tracker = PeakTracker()
+    sub_groups = [g for g in (interleave.params if interleave is not None else []) if isinstance(g, dict)]
+    for g in sub_groups:
+        g["lr"] = group["lr"]
 
-    def on_epoch_end(epoch: int, stats: EpochStats) -> None:
-        method.global_epoch += 1
-        group["lr"] = lasem_lr(cfg, int(method.global_epoch))
+    def evaluate(epoch: int) -> None:
         if after_epoch is not None:
             after_epoch(epoch)
         if cfg.track_peak:
@@ -103,8 +110,18 @@ def fit_lasem_phase(method: torch.nn.Module, ctx: TrainContext, task: Task, para
             tracker.update(epoch, ctx.accuracy(predict, task.val, task.mean, task.std),
                            ctx.accuracy(predict, task.test, task.mean, task.std))
 
+    def on_epoch_end(epoch: int, stats: EpochStats) -> None:
+        for g in sub_groups:
+            g["lr"] = group["lr"]  # the interleaved epoch uses the lr this epoch trained with
+        method.global_epoch += 1
+        group["lr"] = lasem_lr(cfg, int(method.global_epoch))
+        if interleave is None:
+            evaluate(epoch)
+
+    sub = None if interleave is None else replace(interleave, on_epoch_end=lambda epoch, stats: evaluate(epoch))
     ctx.fit(Phase("train", task.train, [group], cfg.epochs, cfg.optim(), loss, cfg.batch_size,
-                  on_epoch_end=on_epoch_end, modules=[method], augment=False))
+                  on_epoch_end=on_epoch_end, modules=[method], augment=False, interleave=sub,
+                  grad_only_params=grad_only_params))
     out: dict[str, Any] = {"global_epochs": int(method.global_epoch)}
     if cfg.track_peak:
         out["peak"] = tracker.summary()

@@ -40,6 +40,8 @@ METHODS: dict[str, str] = {
     "bruteforce-hps": "lifelong.methods.bruteforce:BruteForceHPS",
     "bruteforce-tf": "lifelong.methods.bruteforce:BruteForceTF",
     "bruteforce-dfcnn": "lifelong.methods.bruteforce:BruteForceDFCNN",
+    "darts-hps": "lifelong.methods.darts:DARTSHPS",
+    "darts-dfcnn": "lifelong.methods.darts:DARTSDFCNN",
     "replay": "lifelong.methods.replay:Replay",
     "lwf": "lifelong.methods.lwf:LwF",
     "ewc": "lifelong.methods.ewc:EWC",

@@ -157,6 +157,68 @@ class TransferMethod(Method):
         return Footprint(n, nbytes, per_task, f"{self.kind}: shared layers counted once, per-task own convs/factors and FC, fp32")
 
 
+class SearchedTransfer(TransferMethod):
+    """Methods that choose each new task's configuration while it trains (LASEM's EM, DARTS).
+
+    The new task gets every path (all shared layers, an own conv and transfer factors per layer);
+    ``current_config()`` is the configuration it would commit now (served while it trains). At
+    its end ``commit`` keeps the updated shared values of the layers the chosen configuration
+    uses (older tasks sharing them see the change), rolls every other shared layer back bit for
+    bit to ``snapshot()`` (or, when no task ever committed it, leaves it to be re-initialised when
+    the next task begins), and drops the unchosen per-task parts (lasem.md 6 ``convert_tfVar_to_npVar``,
+    lasem.md 8 DARTS "rolled back, exactly as in LASEM")."""
+
+    def __init__(self, config: Any, setting: str, make_backbone: BackboneFactory) -> None:
+        super().__init__(config, setting, make_backbone)
+        self._snapshot: list[list[torch.Tensor]] | None = None
+
+    def shared_layers(self) -> list[bool]:
+        return [True] * self.spec.num_layers
+
+    def current_config(self) -> Config:
+        raise NotImplementedError
+
+    def config_for(self, task_id: int) -> Config:
+        if task_id < len(self.configs):
+            return parse_config(self.configs[task_id])
+        return self.current_config()  # the task being trained
+
+    def begin_task(self, meta: TaskMeta) -> None:
+        Method.begin_task(self, meta)
+        L = self.net.num_layers
+        self.net.add_task(meta.id, meta.num_classes, [True] * L, [self.kind != "hps"] * L)
+        for layer in self.net.layers:
+            if not bool(layer.born):  # no task committed this shared layer yet: start it afresh
+                layer.reset_shared()
+
+    def rebuild_extra(self, structure: dict[str, Any]) -> None:
+        self.configs = list(structure.get("configs", []))
+        for t, c in enumerate(self.configs):
+            self.net.commit(t, parse_config(c))
+
+    def snapshot(self) -> None:
+        """The shared values before the task trains: what ``commit`` rolls unchosen layers back to."""
+        self._snapshot = [[p.detach().clone() for p in layer.shared_tensors()] for layer in self.net.layers]
+
+    def commit(self, t: int, cfg: Config | None = None) -> Config:
+        """Commit ``cfg`` (default ``current_config()``) for task t: roll back the shared layers it does not
+        use, mark the ones it uses as born, drop the unchosen per-task parts."""
+        cfg = self.current_config() if cfg is None else tuple(cfg)
+        assert self._snapshot is not None, "snapshot() must run before the task trains"
+        with torch.no_grad():
+            for layer, c, before in zip(self.net.layers, cfg, self._snapshot):
+                if c:
+                    layer.born.fill_(True)
+                elif bool(layer.born):
+                    for p, old in zip(layer.shared_tensors(), before):
+                        p.copy_(old)
+                # else: never committed by anyone; re-initialised when the next task begins
+        self.net.commit(t, cfg)
+        self.configs.append(config_str(cfg))
+        self._snapshot = None
+        return cfg
+
+
 class HPS(TransferMethod):
     name = "hps"
     paper = "hard parameter sharing with a static configuration (Lee et al., ICML 2021, baseline)"
@@ -178,4 +240,4 @@ class DFCNN(TransferMethod):
     Config = DFCNNConfig
 
 
-__all__ = ["HPS", "TF", "DFCNN", "TransferMethod", "HPSConfig", "TFConfig", "DFCNNConfig"]
+__all__ = ["HPS", "TF", "DFCNN", "TransferMethod", "SearchedTransfer", "HPSConfig", "TFConfig", "DFCNNConfig"]

@@ -42,6 +42,8 @@ DEFAULT_BACKBONE = {
     "list": "resnet18",
     "cifar100-lasem": "lasem_cnn",  # lasem.md 2 (variant by input size: 32 px -> cifar4, 96 px -> stl6)
     "stl10-lasem": "lasem_cnn",
+    "officehome-lasem": "lasem_cnn",  # 128 px -> officehome4
+    "officehome-incremental": "lasem_cnn",
     # 28x28 grey images: a small conv net; permuted pixels have no spatial structure, so the
     # permuted streams keep the MLP of the permuted-MNIST papers (Kirkpatrick et al. 2017).
     "mnist": "convnet_fc",
