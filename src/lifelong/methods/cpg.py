@@ -9,6 +9,10 @@ retrain the picking mask once more, keeping it only if it beats the chosen model
 owns no weights (nothing free and no growth left: the script's exit code 5) is neither pruned
 nor retrained (``experiment1/CPG_cifar100_scratch_mul_1.5.sh``, ``state -ne 5``).
 
+``CompactGrow`` (with ``CompactGrowConfig``) is the task loop without the picking: goals, growing,
+compacting and the ratio choice, which PAE (``methods/pae.py``) shares; ``CPG`` adds the picking
+mask to the finetune and the retrain step.
+
 Deviations from the original code, each fixing a cpg.md section 9 pitfall:
 - goals and ratio choice use a held-out validation split by default (``val_fraction = 0.1``);
   ``--set select_on=test`` scores on the test split as the original (pitfall 1); the presets
@@ -52,8 +56,9 @@ from .pruning import (DEFAULT_RATIOS, CubicPruner, GoalRule, Growth, IsolationMe
 
 
 @dataclass
-class CPGConfig(TrainHParams):
-    """Defaults: experiment 1 (CIFAR-100 20 tasks, VGG16-BN; cpg.md 4.2-4.8). Finetune: 100 epochs,
+class CompactGrowConfig(TrainHParams):
+    """What CPG and PAE share (cpg.md 4.2-4.4, 4.6, 4.8): accuracy goals, growing, gradual pruning and
+    the ratio choice. Defaults: experiment 1 (CIFAR-100 20 tasks, VGG16-BN). Finetune: 100 epochs,
     SGD Nesterov 0.9, lr 1e-2 x0.1 at 50/80, batch 32, wd 4e-5 on the task's own weights."""
 
     # cpg.md 4.8 fine-grained/face (schedule=plateau, CPG_imagenet_main.py / CPG_face_main.py): x0.1 once
@@ -61,12 +66,6 @@ class CPGConfig(TrainHParams):
     # ``plateau_max_decays``-th decay is the last; the picking mask's lr takes x``mask_decay`` at the first decay.
     plateau_patience: int = 5
     plateau_max_decays: int = 3
-    mask_lr: float = 5e-4  # cpg.md 4.5: Adam on the picking mask
-    mask_decay_at: float = 0.5  # cpg.md 4.5: x0.2 at epoch 50 of 100 (a fraction of ``epochs``; multistep only)
-    mask_decay: float = 0.2  # cpg.md 4.5
-    mask_freeze_at: float = 0.7  # cpg.md 4.5: x0 at epoch 70 of 100 (multistep only; skipped if the task owns nothing)
-    pick_init: float = 0.01  # cpg.md 4.1
-    pick_threshold: float = 5e-3  # cpg.md 4.1
     goals: list[float] | str = "auto"  # cpg.md 4.6: "auto" = an independent network per task; a list or a JSON file
     goal_epochs: int = 100  # cpg.md 4.6: the scratch baseline, 100 epochs ...
     goal_lr: float = 1e-2  # ... lr 1e-2 ...
@@ -88,28 +87,20 @@ class CPGConfig(TrainHParams):
     prune_frequency: int = 10  # cpg.md 4.3: iterations between mask updates (CIFAR)
     allow_acc_loss: float = 0.0  # cpg.md 4.6
     reserve_capacity: bool = True  # cpg.md 4.3: the reserved-capacity rule
-    retrain_epochs: int = 30  # cpg.md 4.6: up to 30 epochs ...
-    retrain_lr: float = 1e-3  # ... SGD lr 1e-3 ...
-    retrain_mask_lr: float = 1e-4  # ... mask lr 1e-4 ...
-    retrain_patience: int = 5  # ... stop after 5 epochs without improvement
 
     def validate(self) -> None:
         super().validate()
         if self.select_on not in ("val", "test"):
             raise ConfigError(f"select_on must be 'val' or 'test', got {self.select_on!r}")
-        if not 0.0 <= self.pick_threshold < self.pick_init:
-            raise ConfigError(f"pick_threshold ({self.pick_threshold}) must be in [0, pick_init={self.pick_init})")
         if self.max_param_multiplier < 1.0 or self.param_multiplier_step <= 0:
             raise ConfigError("max_param_multiplier must be >= 1 and param_multiplier_step > 0")
         r = list(self.prune_ratios)
         if any(not 0.0 < x < 1.0 for x in r) or r != sorted(set(r)):
             raise ConfigError(f"prune_ratios must increase strictly within (0, 1), got {r}")
-        if not 0.0 < self.prune_ramp <= 1.0 or self.prune_frequency < 1 or self.retrain_patience < 1:
-            raise ConfigError("prune_ramp must be in (0, 1], prune_frequency and retrain_patience >= 1")
+        if not 0.0 < self.prune_ramp <= 1.0 or self.prune_frequency < 1:
+            raise ConfigError("prune_ramp must be in (0, 1] and prune_frequency >= 1")
         if self.plateau_patience < 1 or self.plateau_max_decays < 1:
             raise ConfigError("plateau_patience and plateau_max_decays must be at least 1")
-        if not (0.0 <= self.mask_decay_at <= 1.0 and 0.0 <= self.mask_freeze_at <= 1.0):
-            raise ConfigError("mask_decay_at and mask_freeze_at are fractions of epochs in [0, 1]")
         load_goals(self.goals)
 
     def goal_rule(self) -> GoalRule:
@@ -117,6 +108,32 @@ class CPGConfig(TrainHParams):
 
     def growth(self) -> Growth:
         return Growth(self.max_param_multiplier, self.param_multiplier_step)
+
+
+@dataclass
+class CPGConfig(CompactGrowConfig):
+    """CPG's own settings on top of the shared ones: the picking mask and the retrain step (cpg.md 4.1,
+    4.5, 4.6)."""
+
+    mask_lr: float = 5e-4  # cpg.md 4.5: Adam on the picking mask
+    mask_decay_at: float = 0.5  # cpg.md 4.5: x0.2 at epoch 50 of 100 (a fraction of ``epochs``; multistep only)
+    mask_decay: float = 0.2  # cpg.md 4.5
+    mask_freeze_at: float = 0.7  # cpg.md 4.5: x0 at epoch 70 of 100 (multistep only; skipped if the task owns nothing)
+    pick_init: float = 0.01  # cpg.md 4.1
+    pick_threshold: float = 5e-3  # cpg.md 4.1
+    retrain_epochs: int = 30  # cpg.md 4.6: up to 30 epochs ...
+    retrain_lr: float = 1e-3  # ... SGD lr 1e-3 ...
+    retrain_mask_lr: float = 1e-4  # ... mask lr 1e-4 ...
+    retrain_patience: int = 5  # ... stop after 5 epochs without improvement
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.pick_threshold < self.pick_init:
+            raise ConfigError(f"pick_threshold ({self.pick_threshold}) must be in [0, pick_init={self.pick_init})")
+        if self.retrain_patience < 1:
+            raise ConfigError("retrain_patience must be at least 1")
+        if not (0.0 <= self.mask_decay_at <= 1.0 and 0.0 <= self.mask_freeze_at <= 1.0):
+            raise ConfigError("mask_decay_at and mask_freeze_at are fractions of epochs in [0, 1]")
 
 
 def load_goals(goals: list[float] | str) -> list[float] | dict[str, float] | None:
@@ -159,8 +176,8 @@ def task_goal(goals: list[float] | str, task: Task, independent: Callable[[], fl
     return given[task.id], "given"
 
 
-def independent_accuracy(make_backbone: BackboneFactory, task: Task, ctx: TrainContext, sel: ImageSet, cfg: CPGConfig,
-                         device: torch.device) -> float:
+def independent_accuracy(make_backbone: BackboneFactory, task: Task, ctx: TrainContext, sel: ImageSet,
+                         cfg: CompactGrowConfig, device: torch.device) -> float:
     """Train a fresh backbone + head on the task alone and score it on ``sel`` (the paper's scratch goal,
     cpg.md 4.6, ``experiment1/baseline_cifar100.sh``: 100 epochs, lr 1e-2 x0.1 at 50/80)."""
     net = make_backbone()
@@ -177,35 +194,45 @@ def independent_accuracy(make_backbone: BackboneFactory, task: Task, ctx: TrainC
     return ctx.accuracy(model, sel)
 
 
-def finetune_optims(cfg: CPGConfig) -> tuple[OptimConfig, OptimConfig]:
-    """The finetune's SGD (weights, BN, biases, head) and Adam (picking mask) settings (cpg.md 4.5, 4.8).
-    multistep (CIFAR): the mask's lr x``mask_decay`` at ``mask_decay_at`` of the epochs. plateau
-    (ImageNet/face code): the weights' lr follows the selection accuracy; the mask's takes
-    x``mask_decay`` at the weights' first decay (a ``follow`` schedule on a shared counter)."""
+def finetune_optim(cfg: CompactGrowConfig) -> OptimConfig:
+    """The finetune's SGD on the task's weights, BN, biases and head (cpg.md 4.8): multistep (CIFAR), or
+    plateau (ImageNet/face code: the lr follows the selection accuracy, with a ``DecayCounter`` that
+    other optimisers of the phase can follow). Weight decay is added by hand (``decay_hook``)."""
     if cfg.schedule == "plateau":
-        counter = DecayCounter()
-        main = cfg.optim(weight_decay=0.0, patience=cfg.plateau_patience, max_decays=cfg.plateau_max_decays,
-                         counter=counter)
+        return cfg.optim(weight_decay=0.0, patience=cfg.plateau_patience, max_decays=cfg.plateau_max_decays,
+                         counter=DecayCounter())
+    return cfg.optim(weight_decay=0.0)
+
+
+def finetune_optims(cfg: CPGConfig) -> tuple[OptimConfig, OptimConfig]:
+    """The finetune's SGD (``finetune_optim``) and Adam (picking mask) settings (cpg.md 4.5, 4.8).
+    multistep (CIFAR): the mask's lr x``mask_decay`` at ``mask_decay_at`` of the epochs. plateau
+    (ImageNet/face code): the mask's lr takes x``mask_decay`` at the weights' first decay (a ``follow``
+    schedule on the weights' counter)."""
+    main = finetune_optim(cfg)
+    if cfg.schedule == "plateau":
         mask = OptimConfig("adam", cfg.mask_lr, weight_decay=0.0, schedule="follow", milestones=[1],
-                           gamma=cfg.mask_decay, counter=counter)
+                           gamma=cfg.mask_decay, counter=main.counter)
         return main, mask
     decay_at = max(1, round(cfg.mask_decay_at * cfg.epochs))
-    return (cfg.optim(weight_decay=0.0),
-            OptimConfig("adam", cfg.mask_lr, weight_decay=0.0, schedule="multistep", milestones=[decay_at],
-                        gamma=cfg.mask_decay))
+    return main, OptimConfig("adam", cfg.mask_lr, weight_decay=0.0, schedule="multistep", milestones=[decay_at],
+                             gamma=cfg.mask_decay)
 
 
-class CPG(IsolationMethod):
+class CompactGrow(IsolationMethod):
+    """The task loop CPG and PAE share (cpg.md 4.2; PAE is CPG's script without picking and retrain):
+    an accuracy goal; the GROW loop (``train_until_goal``) over ``train_task``, which takes every free
+    weight and trains the task; COMPACT and PICK-RATIO (gradual pruning runs, the largest ratio still
+    meeting the goal); then ``refine`` (CPG's retrain). A task that owns no weights (nothing free and no
+    growth left: the script's exit code 5) is neither pruned nor refined. Subclasses give ``train_task``
+    and may give ``attempt_info`` and ``refine``."""
+
     settings = ("task",)  # a task id chooses the sub-network
     guarantees_unforgetting = True  # the runner verifies old tasks' logits stay bit-identical
-    name = "cpg"
-    paper = "CPG: Compacting, Picking and Growing (Hung et al., NeurIPS 2019)"
-    Config = CPGConfig
     val_fraction = 0.1  # pitfall 1: goals and ratio choice on 10% of train held out
 
-    def __init__(self, config: CPGConfig, setting: str, make_backbone: BackboneFactory) -> None:
+    def __init__(self, config: CompactGrowConfig, setting: str, make_backbone: BackboneFactory) -> None:
         super().__init__(config, setting, make_backbone)
-        self.mb.pick_init, self.mb.threshold = config.pick_init, config.pick_threshold
         self.param_multiplier = 1.0  # P; channels x sqrt(P) (pitfall 2); never reset (cpg.md 4.4)
 
     def extra_structure(self) -> dict[str, Any]:
@@ -223,36 +250,31 @@ class CPG(IsolationMethod):
         return independent_accuracy(self.make_backbone, task, ctx, sel, self.config, self.device)
 
     # ------------------------------------------------------------------ phases
-    def finetune(self, task: Task, ctx: TrainContext, picking: bool, sel: ImageSet) -> list[EpochStats]:
-        """Train the task's own weights, BN/biases and head (SGD) and its picking mask (Adam)."""
-        cfg: CPGConfig = self.config
-        t, mb = task.id, self.mb
-        opt, mask_opt = finetune_optims(cfg)
-        extra = []
-        if picking:
-            assert mb.picks is not None
-            extra = [(list(mb.picks), mask_opt)]
-        owns = mb.count(t)["owned"] > 0
-        freeze_at = max(1, round(cfg.mask_freeze_at * cfg.epochs))
+    def train_task(self, task: Task, ctx: TrainContext, sel: ImageSet) -> list[EpochStats]:
+        """One attempt's training, after the task has taken every free weight (cpg.md 4.2 FINETUNE)."""
+        raise NotImplementedError
 
-        def on_epoch_end(epoch: int, stats: EpochStats) -> None:
-            # mask lr x0 (cpg.md 4.5): the CIFAR script's epoch schedule only
-            if picking and owns and cfg.schedule != "plateau" and epoch >= freeze_at:
-                mb.pick_frozen = True
+    def attempt_info(self, t: int) -> dict[str, Any]:
+        """What to record of an attempt besides its accuracies."""
+        return {}
 
+    def finetune_phase(self, task: Task, ctx: TrainContext, sel: ImageSet, opt: OptimConfig,
+                       extra_optims: list[tuple[Any, OptimConfig]] | None = None,
+                       on_epoch_end: Callable[[int, EpochStats], Any] | None = None) -> list[EpochStats]:
+        """The finetune phase: the task's own weights, BN/biases and head with ``opt`` (plus any
+        ``extra_optims``); under the plateau schedule the selection accuracy drives the lr."""
+        cfg: CompactGrowConfig = self.config
+        t = task.id
         monitor = (lambda: -self.accuracy(ctx, t, sel)) if cfg.schedule == "plateau" else None
-        try:
-            return ctx.fit(Phase("finetune", task.train, self.train_params(t), cfg.epochs, opt, self.loss_fn(t),
-                                 cfg.batch_size, after_backward=self.decay_hook(t, cfg.weight_decay),
-                                 on_epoch_end=on_epoch_end, train_mode=self.train_all, monitor=monitor,
-                                 extra_optims=extra))
-        finally:
-            mb.pick_frozen = False
+        return ctx.fit(Phase("finetune", task.train, self.train_params(t), cfg.epochs, opt, self.loss_fn(t),
+                             cfg.batch_size, after_backward=self.decay_hook(t, cfg.weight_decay),
+                             on_epoch_end=on_epoch_end, train_mode=self.train_all, monitor=monitor,
+                             extra_optims=extra_optims or []))
 
     def prune_run(self, task: Task, ctx: TrainContext, s_i: float, s_f: float) -> list[EpochStats]:
         """One gradual-pruning run s_i -> s_f (cpg.md 4.3): cubic schedule over the first
         ``prune_ramp`` of the epochs, a mask update every ``prune_frequency`` steps, picks frozen."""
-        cfg: CPGConfig = self.config
+        cfg: CompactGrowConfig = self.config
         t, mb = task.id, self.mb
         iters = math.ceil(len(task.train) / cfg.batch_size)
         end = max(1, round(cfg.prune_ramp * cfg.prune_epochs)) * iters
@@ -273,7 +295,7 @@ class CPG(IsolationMethod):
         """COMPACT and PICK-RATIO (cpg.md 4.3, 4.6): one pruning run per ratio step (stopping at the reserved
         capacity ``cap`` or at the train-accuracy gate), each scored on ``sel``; the chosen ratio's model
         is restored. Returns the accuracy per ratio, the chosen ratio (0: unpruned) and why it stopped."""
-        cfg: CPGConfig = self.config
+        cfg: CompactGrowConfig = self.config
         t = task.id
         record: dict[float, float] = {}
         stopped = None
@@ -296,6 +318,116 @@ class CPG(IsolationMethod):
         chosen = choose_ratio(record, goal, cfg.allow_acc_loss, take_highest=cap is not None)
         self.restore_task(t, snaps[chosen])  # also undoes a run that failed the train-accuracy gate
         return record, chosen, stopped
+
+    def refine(self, task: Task, ctx: TrainContext, sel: ImageSet, chosen_acc: float,
+               owns: bool) -> tuple[dict[str, Any], tuple[float, str] | None]:
+        """A last step after the ratio choice (CPG's retrain; ``owns``: whether the task owns weights):
+        what to record, and the kept model's (accuracy, stage) if it replaced the chosen one. Default: nothing."""
+        return {}, None
+
+    def task_snapshot(self, t: int) -> dict[str, Any]:
+        return {"mb": self.mb.snapshot(), "head": {k: v.detach().clone() for k, v in self.heads[t].state_dict().items()}}
+
+    def restore_task(self, t: int, snap: dict[str, Any]) -> None:
+        self.mb.restore(snap["mb"])
+        self.heads[t].load_state_dict(snap["head"])
+
+    # ------------------------------------------------------------------ the task
+    def fit_task(self, task: Task, ctx: TrainContext) -> dict[str, Any]:
+        cfg: CompactGrowConfig = self.config
+        t, mb = task.id, self.mb
+        sel = self.selection_data(task, cfg.select_on)
+        goal, source = self.goal(task, ctx, sel)
+        frozen = mb.frozen_values(t)
+
+        def attempt() -> dict[str, Any]:
+            mb.claim_free(t)
+            hist = self.train_task(task, ctx, sel)
+            return {"accuracy": self.accuracy(ctx, t, sel), "train_accuracy": last_train_accuracy(hist),
+                    **self.attempt_info(t)}
+
+        # GROW loop (cpg.md 4.2)
+        attempts, met, self.param_multiplier = train_until_goal(self, t, attempt, goal, cfg.goal_rule(), cfg.growth(),
+                                                                self.param_multiplier)
+        chosen_acc, stage = attempts[-1]["accuracy"], "finetune"
+
+        # COMPACT (cpg.md 4.3) and PICK-RATIO (cpg.md 4.6); skipped for a task owning nothing (exit code 5)
+        owns = mb.count(t)["owned"] > 0
+        cap = None
+        if not met and cfg.reserve_capacity and ctx.num_tasks is not None:
+            cap = reserved_ratio(ctx.num_tasks - (t + 1))
+        record: dict[float, float] = {}
+        chosen, stopped = 0.0, "the task owns no weights"
+        if owns:
+            record, chosen, stopped = self.compact(task, ctx, sel, goal, cap)
+            if chosen in record:
+                chosen_acc, stage = record[chosen], f"prune-{chosen:g}"
+        refined, kept = self.refine(task, ctx, sel, chosen_acc, owns)
+        if kept is not None:
+            chosen_acc, stage = kept
+
+        mb.assert_unchanged(frozen)
+        info: dict[str, Any] = {"goal": goal, "goal_source": source, "select_on": cfg.select_on, "attempts": attempts,
+                                "param_multiplier": self.param_multiplier,
+                                "pruning_accuracy": {f"{r:g}": a for r, a in record.items()},
+                                "pruning_ratio": chosen, "pruning_stopped": stopped, "reserved_ratio": cap,
+                                **refined, **self.ownership_info(t),
+                                "accuracy_selected": chosen_acc, "goal_met": chosen_acc + cfg.goal_margin >= goal,
+                                "chosen": chosen_record(cfg.select_on, chosen_acc, stage)}
+        mb.finish_task(t)
+        return info
+
+    def task_summary(self, info: dict[str, Any]) -> str:
+        """Ratio, width and growth, goal and whether it was met, and the paper's Exp/Red."""
+        grew = [a["param_multiplier"] for a in info.get("attempts", [])]
+        growth = f"P {'->'.join(f'{p:g}' for p in grew)}" if len(grew) > 1 else f"P {info['param_multiplier']:g}"
+        met = "met" if info["goal_met"] else "missed"
+        return (f"ratio {info['pruning_ratio']:g}, width x{info['width_multiplier']:.3f} ({growth}), "
+                f"goal {info['goal']:.3f} {met} ({info['accuracy_selected']:.3f} on {info['select_on']}), "
+                f"exp {info['exp']:.2f}, red {info['red']:.2f}")
+
+
+class CPG(CompactGrow):
+    name = "cpg"
+    paper = "CPG: Compacting, Picking and Growing (Hung et al., NeurIPS 2019)"
+    Config = CPGConfig
+
+    def __init__(self, config: CPGConfig, setting: str, make_backbone: BackboneFactory) -> None:
+        super().__init__(config, setting, make_backbone)
+        self.mb.pick_init, self.mb.threshold = config.pick_init, config.pick_threshold
+
+    # ------------------------------------------------------------------ phases
+    def train_task(self, task: Task, ctx: TrainContext, sel: ImageSet) -> list[EpochStats]:
+        """Pick among the earlier tasks' weights (when there are any) while fine-tuning (cpg.md 4.2, 4.5)."""
+        picking = self.mb.count(task.id)["earlier"] > 0
+        if picking:
+            self.mb.start_picking(task.id)
+        return self.finetune(task, ctx, picking, sel)
+
+    def attempt_info(self, t: int) -> dict[str, Any]:
+        return {"picked_fraction": self.mb.picked_fraction(t)}  # what the finetune's picking kept
+
+    def finetune(self, task: Task, ctx: TrainContext, picking: bool, sel: ImageSet) -> list[EpochStats]:
+        """Train the task's own weights, BN/biases and head (SGD) and its picking mask (Adam)."""
+        cfg: CPGConfig = self.config
+        t, mb = task.id, self.mb
+        opt, mask_opt = finetune_optims(cfg)
+        extra = []
+        if picking:
+            assert mb.picks is not None
+            extra = [(list(mb.picks), mask_opt)]
+        owns = mb.count(t)["owned"] > 0
+        freeze_at = max(1, round(cfg.mask_freeze_at * cfg.epochs))
+
+        def on_epoch_end(epoch: int, stats: EpochStats) -> None:
+            # mask lr x0 (cpg.md 4.5): the CIFAR script's epoch schedule only
+            if picking and owns and cfg.schedule != "plateau" and epoch >= freeze_at:
+                mb.pick_frozen = True
+
+        try:
+            return self.finetune_phase(task, ctx, sel, opt, extra, on_epoch_end)
+        finally:
+            mb.pick_frozen = False
 
     def retrain(self, task: Task, ctx: TrainContext, sel: ImageSet, baseline: float) -> dict[str, Any]:
         """Reset the picking mask and train again (cpg.md 4.6); keep the best epoch only if it beats
@@ -326,70 +458,11 @@ class CPG(IsolationMethod):
         return {"accepted": accepted, "baseline": baseline, "best": best["acc"], "best_epoch": best["epoch"],
                 "epochs_run": len(hist)}
 
-    def task_snapshot(self, t: int) -> dict[str, Any]:
-        return {"mb": self.mb.snapshot(), "head": {k: v.detach().clone() for k, v in self.heads[t].state_dict().items()}}
-
-    def restore_task(self, t: int, snap: dict[str, Any]) -> None:
-        self.mb.restore(snap["mb"])
-        self.heads[t].load_state_dict(snap["head"])
-
-    # ------------------------------------------------------------------ the task
-    def fit_task(self, task: Task, ctx: TrainContext) -> dict[str, Any]:
-        cfg: CPGConfig = self.config
-        t, mb = task.id, self.mb
-        sel = self.selection_data(task, cfg.select_on)
-        goal, source = self.goal(task, ctx, sel)
-        frozen = mb.frozen_values(t)
-
-        def attempt() -> dict[str, Any]:
-            mb.claim_free(t)
-            picking = mb.count(t)["earlier"] > 0
-            if picking:
-                mb.start_picking(t)
-            hist = self.finetune(task, ctx, picking, sel)
-            return {"accuracy": self.accuracy(ctx, t, sel), "train_accuracy": last_train_accuracy(hist),
-                    "picked_fraction": mb.picked_fraction(t)}  # what the finetune's picking kept
-
-        # GROW loop (cpg.md 4.2)
-        attempts, met, self.param_multiplier = train_until_goal(self, t, attempt, goal, cfg.goal_rule(), cfg.growth(),
-                                                                self.param_multiplier)
-        chosen_acc, stage = attempts[-1]["accuracy"], "finetune"
-
-        # COMPACT (cpg.md 4.3) and PICK-RATIO (cpg.md 4.6); skipped, with the retrain, for a task owning nothing
-        owns = mb.count(t)["owned"] > 0
-        cap = None
-        if not met and cfg.reserve_capacity and ctx.num_tasks is not None:
-            cap = reserved_ratio(ctx.num_tasks - (t + 1))
-        record: dict[float, float] = {}
-        chosen, stopped = 0.0, "the task owns no weights"
-        if owns:
-            record, chosen, stopped = self.compact(task, ctx, sel, goal, cap)
-            if chosen in record:
-                chosen_acc, stage = record[chosen], f"prune-{chosen:g}"
-
-        # RETRAIN (t >= 2, cpg.md 4.6; not after exit code 5)
+    def refine(self, task: Task, ctx: TrainContext, sel: ImageSet, chosen_acc: float,
+               owns: bool) -> tuple[dict[str, Any], tuple[float, str] | None]:
+        """RETRAIN (t >= 2, cpg.md 4.6; not after exit code 5: a task owning nothing)."""
         retrain = None
-        if mb.picks is not None and owns and cfg.retrain_epochs > 0:
+        if self.mb.picks is not None and owns and self.config.retrain_epochs > 0:
             retrain = self.retrain(task, ctx, sel, chosen_acc)
-            if retrain["accepted"]:
-                chosen_acc, stage = retrain["best"], "retrain"
-
-        mb.assert_unchanged(frozen)
-        info: dict[str, Any] = {"goal": goal, "goal_source": source, "select_on": cfg.select_on, "attempts": attempts,
-                                "param_multiplier": self.param_multiplier,
-                                "pruning_accuracy": {f"{r:g}": a for r, a in record.items()},
-                                "pruning_ratio": chosen, "pruning_stopped": stopped, "reserved_ratio": cap,
-                                "retrain": retrain, **self.ownership_info(t),
-                                "accuracy_selected": chosen_acc, "goal_met": chosen_acc + cfg.goal_margin >= goal,
-                                "chosen": chosen_record(cfg.select_on, chosen_acc, stage)}
-        mb.finish_task(t)
-        return info
-
-    def task_summary(self, info: dict[str, Any]) -> str:
-        """Ratio, width and growth, goal and whether it was met, and the paper's Exp/Red."""
-        grew = [a["param_multiplier"] for a in info.get("attempts", [])]
-        growth = f"P {'->'.join(f'{p:g}' for p in grew)}" if len(grew) > 1 else f"P {info['param_multiplier']:g}"
-        met = "met" if info["goal_met"] else "missed"
-        return (f"ratio {info['pruning_ratio']:g}, width x{info['width_multiplier']:.3f} ({growth}), "
-                f"goal {info['goal']:.3f} {met} ({info['accuracy_selected']:.3f} on {info['select_on']}), "
-                f"exp {info['exp']:.2f}, red {info['red']:.2f}")
+        kept = (retrain["best"], "retrain") if retrain is not None and retrain["accepted"] else None
+        return {"retrain": retrain}, kept

@@ -18,6 +18,7 @@ METHODS: dict[str, str] = {
     "packnet": "lifelong.methods.packnet:PackNet",
     "piggyback": "lifelong.methods.piggyback:Piggyback",
     "cpg": "lifelong.methods.cpg:CPG",
+    "pae": "lifelong.methods.pae:PAE",
     "icarl": "lifelong.methods.icarl:ICaRL",
     "lucir": "lifelong.methods.lucir:LUCIR",
     "bic": "lifelong.methods.bic:BiC",

@@ -6,7 +6,8 @@ table: Scratch 554.46, PackNet 115.48, Piggyback 121.07, CPG 121.07 MB (MB = 2^2
 Three numbers per method:
 
 - ``paper``: the papers' convention. fp32 weights; BatchNorm as 4 fp32 values per channel per
-  task; fp32 heads; PackNet adds a ceil(log2(T+1))-bit owner index per weight; Piggyback and
+  task; fp32 heads; PackNet (and PAE, which stores what PackNet stores: the table is at width 1, so
+  without PAE's growth) adds a ceil(log2(T+1))-bit owner index per weight; Piggyback and
   CPG add one bit per weight per task after the first (CPG's 121 MB counts no owner index).
   The paper's "Finetune" stores one fine-tuned network per task, hence Scratch's size.
 - ``formula``: what serving really needs by cpg.md 6's general formula; differs from ``paper``
@@ -132,6 +133,8 @@ def footprint_table(backbone: str, heads: list[int], in_channels: int = 3, image
         FootprintRow("piggyback", piggyback, piggyback, isolated + (T - 1) * a.mask_bytes, f"{T - 1} one-bit masks"),
         FootprintRow("cpg", piggyback, cpg_formula, isolated + (T - 1) * a.mask_bytes,
                      "paper counts masks only; formula adds the owner index inference needs"),
+        FootprintRow("pae", packnet, packnet, isolated,
+                     "as packnet at width 1 (owner index, no masks); growing to P multiplies the weights by ~P (Exp)"),
     ] + growth_rows(a, backbone, heads, in_channels, image_size) + ([aanets_row(a, *dual, sum(heads))] if dual else [])
 
 
