@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,18 @@ def run_one(label: str, method: str, overrides: dict[str, Any], a: argparse.Name
         kwargs["memory"] = a.memory
     if a.tasks:
         kwargs["tasks"] = a.tasks
+    if a.backbone:
+        kwargs["backbone"] = a.backbone
     if a.per_class:
         kwargs["benchmark__per_class"] = a.per_class
     if a.epochs:
         kwargs["epochs"] = a.epochs
-    result = lifelong.run(method=method, benchmark=a.benchmark, setting=a.setting, seed=seed, out=out,
-                          resume=(out / "checkpoints").is_dir(), **kwargs)
+    try:
+        result = lifelong.run(method=method, benchmark=a.benchmark, setting=a.setting, seed=seed, out=out,
+                              resume=(out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()), **kwargs)
+    except lifelong.LifelongError as exc:  # e.g. a method that cannot use this backbone: say so, go on
+        print(f"{label} seed {seed}: {exc}", file=sys.stderr)
+        return None
     return result.metrics
 
 
@@ -133,6 +140,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--memory", type=int, default=None, help="exemplars for the methods that keep them (default 2000)")
     ap.add_argument("--tasks", type=int, default=None)
+    ap.add_argument("--backbone", default=None)
     ap.add_argument("--methods", nargs="*", help="labels to run (default: all)")
     ap.add_argument("--out", default="runs/real-data")
     a = ap.parse_args()

@@ -40,6 +40,7 @@ DEFAULT_BACKBONE = {
     "stl10": "resnet18",
     "folder": "resnet18",
     "list": "resnet18",
+    "dct": "resnet18",  # CLR's DCT protocol (ResNet-50 in the preset, with published weights)
     "cifar100-lasem": "lasem_cnn",  # lasem.md 2 (variant by input size: 32 px -> cifar4, 96 px -> stl6)
     "stl10-lasem": "lasem_cnn",
     "officehome-lasem": "lasem_cnn",  # 128 px -> officehome4
