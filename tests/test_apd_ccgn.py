@@ -190,6 +190,8 @@ def test_ccgn_frozen_kernels_keep_the_old_tasks_validation_outputs_bit_identical
     m.eval()
     before = ctx.outputs(lambda x: m.predict(x, 0), t0.val, mean=t0.mean, std=t0.std)
     kernels = [c.weight.detach().clone() for c in m.net.convs]
+    if freeze:
+        m.config.lr = 1e-9  # training barely moves a weight: what changes the free kernels is their re-initialisation
     ctx.start_task(1, t1.mean, t1.std)
     m.begin_task(TaskMeta.of(t1))
     info = m.fit_task(t1, ctx)
@@ -198,7 +200,7 @@ def test_ccgn_frozen_kernels_keep_the_old_tasks_validation_outputs_bit_identical
     assert torch.equal(before, after) == freeze  # LASEM's form: the shared convs drift
     if freeze:
         for old, conv in zip(kernels, m.net.convs):
-            assert torch.equal(old[::2], conv.weight[::2]) and not torch.equal(old[1::2], conv.weight[1::2])
+            assert torch.equal(old[::2], conv.weight[::2]) and (old[1::2] - conv.weight[1::2]).abs().max() > 1e-3
         assert all(f >= c.frozen.numel() // 2 for f, c in zip(info["frozen"], m.net.convs))  # frozen kernels stay frozen
     else:
         assert info["sparsity_term_constant"] is True
@@ -211,7 +213,9 @@ def test_ccgn_end_to_end_gumbel_variant_resumes_exactly(tmp_path: Path) -> None:
     assert (cfg.temperature, cfg.gate_input, cfg.gate_hidden, cfg.sparsity_weight, cfg.freeze) == (2 / 3, "pool", 16, 0.5, True)
     infos = [t["info"] for t in full.metrics["tasks"]]
     assert all(len(i["frozen"]) == 4 and i["sparsity_term_constant"] is False for i in infos)
-    assert all(a <= b for a, b in zip(infos[0]["frozen"], infos[-1]["frozen"]))  # frozen kernels accumulate
+    assert infos[0]["frozen"] == infos[0]["open"]  # after task 1: exactly the kernels that fired on its validation set
+    for prev, info in zip(infos, infos[1:]):  # frozen kernels accumulate: at least the earlier ones and this task's
+        assert all(max(a, o) <= f for a, o, f in zip(prev["frozen"], info["open"], info["frozen"]))
     for i in (3, 4, 5):
         (tmp_path / "run" / "checkpoints" / f"task-0{i}.pt").unlink()
     (tmp_path / "run" / "metrics.json").unlink()
