@@ -7,7 +7,8 @@ setting also the growing head (every class's row keeps being trained there); tas
 are never trained after their task, so they take no part.
 
 - ``online: false`` (Kirkpatrick et al.): one penalty per finished task, each with its own Fisher
-  and anchor (the paper: "two separate penalties"), so state grows by two network copies per task.
+  and anchor (the paper allows separate penalties or their sum), so state grows by two copies of
+  the shared parameters per task.
 - ``online: true`` (Schwarz et al., "online EWC"): one running Fisher ``F* <- gamma F* + F_t`` and
   the latest anchor; the penalty uses ``gamma F*`` (as Schwarz et al. and van de Ven et al.'s code).
 
@@ -21,9 +22,9 @@ of a batch-mean gradient (which underestimates F by about the batch size); eval 
 transform, on ``fisher_samples`` images of the task's training split (default: all of them).
 
 ``lam`` is not transferable between setups: van de Ven et al. 2020 ("Three scenarios", code
-``param_values.py``) use 1e5 (Task-IL) and 1e9 (Class-IL) on split MNIST with Adam, libraries
-that square batch-mean gradients (Avalanche, Mammoth) use 0.1-100 on a Fisher about a batch size
-smaller. With SGD, the penalty's curvature ``lam * sum_tasks F_i`` times the lr must stay below 2
+``param_values.py``) use 1e5 (Task-IL) and 1e9 (Class-IL) on split MNIST with Adam; Avalanche
+squares batch-mean gradients, a Fisher about a batch size smaller, so its lambdas do not compare
+either. With SGD, the penalty's curvature ``lam * sum_tasks F_i`` times the lr must stay below 2
 (Nesterov momentum 0.9: about 1.4) or that parameter oscillates and the run diverges to NaN; each
 task's ``info["lr_lam_fisher_max"]`` reports it. The default ``lam = 10`` is the largest power of
 ten that kept it below 1 on the toy budgets (Split Fashion-MNIST class setting, lr 0.05: 0.48;
@@ -218,7 +219,7 @@ class EWC(Method):
         self.consolidate(fisher, task.id)
         return {"fisher": cfg.fisher, "fisher_samples": min(len(task.train), cfg.fisher_samples or len(task.train)),
                 "fisher_mean": float(sum(f.sum() for f in fisher.values()) / sum(f.numel() for f in fisher.values())),
-                "fisher_max": max(float(f.max()) for f in fisher.values()),
+                "fisher_max": float(torch.stack([f.max().cpu() for f in fisher.values()]).max()),
                 "lr_lam_fisher_max": cfg.lr * self.curvature()}
 
     @torch.no_grad()
@@ -226,12 +227,12 @@ class EWC(Method):
         """The largest curvature the penalty now puts on one parameter: ``lam * sum_tasks F_i``
         (online: ``lam * gamma * F*_i``). Times the lr, SGD is stable below 2 (Nesterov 0.9: ~1.36)."""
         cfg: EWCConfig = self.config
-        top = 0.0
+        tops = [torch.zeros(())]
         for name, _ in self.shared():
             total = sum(self.fisher[s][name] for s in self.penalty_slots() if name in self.fisher[s])  # type: ignore[operator,index]
             if isinstance(total, torch.Tensor):
-                top = max(top, float(total.max()))
-        return cfg.lam * (cfg.gamma if cfg.online else 1.0) * top
+                tops.append(total.max().cpu())
+        return cfg.lam * (cfg.gamma if cfg.online else 1.0) * float(torch.stack(tops).max())  # NaN stays NaN
 
     def predict(self, x: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
         return self.logits(x, task_id if self.setting == "task" else None)

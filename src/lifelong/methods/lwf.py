@@ -15,9 +15,10 @@ heads ``theta_o``, new head ``theta_n``). For every task after the first:
 that is ``softmax(z / T)``, so it is ``distill.soft_cross_entropy`` (no ``T^2``; the KL form
 ``distill.kl_distillation`` differs by the teacher's entropy and a ``T^2`` factor).
 
-Class setting (LwF as BiC's Table runs it, "distillation without exemplars"; iCaRL's "LwF-MC"
-uses a sigmoid variant instead): one growing head, cross-entropy over every seen class plus
-``lambda_o * L_old`` on the old classes' logits; no warm-up (``setting_defaults``).
+Class setting (the class-incremental LwF that BiC's comparison lists: distillation, no exemplars;
+shared/methods/bic.md does not describe it, and iCaRL's "LwF-MC" uses a sigmoid variant instead):
+one growing head, cross-entropy over every seen class plus ``lambda_o * L_old`` on the old
+classes' logits; no warm-up (``setting_defaults``).
 
 Deviation: the paper records the old network's responses once per training image before training;
 here a frozen copy (eval mode, no gradients) scores each augmented batch as it is drawn, so the
