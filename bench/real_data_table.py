@@ -25,7 +25,7 @@ from lifelong.methods.registry import METHODS
 
 # (label, method, overrides): the class setting with a 2,000-image memory where a method keeps one.
 CLASS_RUNS: list[tuple[str, str, dict[str, Any]]] = [
-    ("finetune", "finetune", {}), ("joint", "joint", {}), ("lwf", "lwf", {}), ("ewc", "ewc", {}), ("si", "si", {}),
+    ("finetune", "finetune", {}), ("joint", "joint", {}), ("lwf", "lwf", {}), ("ewc", "ewc", {"fisher_samples": 1000}), ("si", "si", {}),
     ("replay", "replay", {"memory": 2000}), ("icarl", "icarl", {"memory": 2000}), ("lucir", "lucir", {"memory": 2000}),
     ("bic", "bic", {"memory": 2000}),
     ("icarl-cosine", "icarl", {"memory": 2000, "variant": "aanets", "classifier": "cnn"}),  # AANets' iCaRL, 1 branch
@@ -37,7 +37,7 @@ CLASS_RUNS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 TASK_RUNS: list[tuple[str, str, dict[str, Any]]] = [
     ("finetune", "finetune", {}), ("joint", "joint", {}), ("independent", "independent", {}), ("lwf", "lwf", {}),
-    ("ewc", "ewc", {}), ("si", "si", {}), ("replay", "replay", {"memory": 2000}), ("packnet", "packnet", {}),
+    ("ewc", "ewc", {"fisher_samples": 1000}), ("si", "si", {}), ("replay", "replay", {"memory": 2000}), ("packnet", "packnet", {}),
     ("piggyback", "piggyback", {}), ("cpg", "cpg", {}), ("pae", "pae", {}), ("clr", "clr", {}),
     ("clr-full", "clr-full", {}), ("prognn", "prognn", {}),
 ]
