@@ -85,7 +85,8 @@ def test_not_a_run_folder_and_damaged_checkpoint(capsys: pytest.CaptureFixture, 
     assert (run / "metrics.json").read_bytes() == metrics_before  # nothing already written is lost
     (run / "checkpoints" / "task-02.pt").write_bytes(b"PK\x03\x04 not torch")
     _fails(capsys, ["eval", str(run)], "task-02.pt")
-    _fails(capsys, ["run", "--resume", "--out", str(run), "--epochs", "5", "--set", "lr=0.1"], "drop --epochs, --set")
+    # a flag that differs from the saved configuration is refused, naming the key and both values
+    _fails(capsys, ["run", "--resume", "--out", str(run), "--epochs", "5", "--set", "lr=0.1"], "epochs is 5", "but 1")
     shutil.rmtree(run / "checkpoints")
     _fails(capsys, ["run", "--resume", "--out", str(run)], "no checkpoint")
 
