@@ -10,7 +10,8 @@ protocol (TF1 RMSProp, lr = lr0 / (1 + d * e) with e the stream-wide epoch count
 - ``epochs``: this stage's length (default: the config's);
 - ``tracker``: a ``PeakTracker`` shared by all stages of a task, so the task has one peak
   (its epochs are numbered 1, 2, ... across the stages);
-- ``count_epochs``: whether this stage's epochs advance the lr-decay count.
+- ``count_epochs``: whether this stage's epochs advance the lr-decay count;
+- ``after_epoch(epoch)``: called after each epoch, once the count (and the lr) has moved.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ def fit_stage(method: torch.nn.Module, ctx: TrainContext, task: Task, params: li
               loss: Callable[[Batch], StepOutput], predict: Callable[[torch.Tensor], torch.Tensor], cfg: LasemHParams,
               *, epochs: int | None = None, tracker: PeakTracker | None = None, name: str = "train",
               after_backward: Callable[[], None] | None = None, after_step: Callable[[], None] | None = None,
-              count_epochs: bool = True) -> list[EpochStats]:
+              count_epochs: bool = True, after_epoch: Callable[[int], None] | None = None) -> list[EpochStats]:
     group: dict[str, Any] = {"params": list(params), "lr": lasem_lr(cfg, int(method.global_epoch))}
 
     def on_epoch_end(epoch: int, stats: EpochStats) -> None:
         if count_epochs:
             method.global_epoch += 1
             group["lr"] = lasem_lr(cfg, int(method.global_epoch))
+        if after_epoch is not None:
+            after_epoch(epoch)
         if tracker is not None and cfg.track_peak:
             method.eval()  # dropout off; the loop puts the method back in train mode next epoch
             tracker.update(len(tracker.val_history) + 1, ctx.accuracy(predict, task.val, task.mean, task.std),

@@ -37,6 +37,7 @@ METHODS: dict[str, str] = {
     "lasemg-hps": "lifelong.methods.lasem:LASEMGHPS",
     "lasemg-tf": "lifelong.methods.lasem:LASEMGTF",
     "lasemg-dfcnn": "lifelong.methods.lasem:LASEMGDFCNN",
+    "den": "lifelong.methods.den:DEN",
     "apd": "lifelong.methods.apd:APD",
     "ccgn": "lifelong.methods.ccgn:CCGN",
     # the rest of LASEM's table (lasem_baselines.md): the configuration oracle, APD, CCGN, DEN
