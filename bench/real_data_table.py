@@ -9,6 +9,8 @@ and wall time per run, then whether each paper's claimed property holds on this 
     python bench/real_data_table.py --setting class --seeds 0 1 2 --per-class 1000 --out runs/fmnist-class
     python bench/real_data_table.py --setting task --methods finetune independent cpg --out runs/fmnist-task
     python bench/real_data_table.py --benchmark digits --per-class 0 --memory 40 --out runs/digits-class
+    python bench/real_data_table.py --plan lasem --setting task --benchmark permuted-digits --backbone lasem_cnn \
+        --tasks 5 --per-class 20 --epochs 30 --out runs/lasem
 """
 
 from __future__ import annotations
@@ -41,6 +43,19 @@ TASK_RUNS: list[tuple[str, str, dict[str, Any]]] = [
     ("piggyback", "piggyback", {}), ("cpg", "cpg", {}), ("pae", "pae", {}), ("clr", "clr", {}),
     ("clr-full", "clr-full", {}), ("prognn", "prognn", {}),
 ]
+
+# LASEM's comparison (issue: STL, SNN, every static HPS configuration, TF and DF-CNN at two
+# configurations each, DARTS, LASEM and LASEMG, and the brute-force oracle as the ceiling).
+LASEM_RUNS: list[tuple[str, str, dict[str, Any]]] = (
+    [("stl", "stl", {}), ("snn", "snn", {})]
+    + [(f"hps-{c}", "hps", {"transfer": c}) for c in ("all", "top1", "top2", "top3", "bottom1", "bottom2", "bottom3",
+                                                      "alter", "alter_rev")]
+    + [(f"{m}-{c}", m, {"transfer": c}) for m in ("tf", "dfcnn") for c in ("top2", "bottom3")]
+    + [(m, m, {}) for m in ("darts-hps", "darts-dfcnn", "lasem-hps", "lasem-tf", "lasem-dfcnn", "lasemg-hps",
+                            "bruteforce-hps")]
+    + [(m, m, {}) for m in ("apd", "ccgn", "den")]
+)
+PLANS = {"class": CLASS_RUNS, "task": TASK_RUNS, "lasem": LASEM_RUNS}
 
 
 def run_one(label: str, method: str, overrides: dict[str, Any], a: argparse.Namespace, seed: int) -> dict[str, Any] | None:
@@ -81,7 +96,7 @@ def _ms(values: list[float | None], scale: float = 100.0, digits: int = 1) -> st
     return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
-def row(label: str, runs: list[dict[str, Any]]) -> str:
+def row(label: str, runs: list[dict[str, Any]], peaks: bool = False) -> str:
     first = runs[0]
     memory = first["memory"]["size"]
     cells = [label, _ms([r["final_accuracy"] for r in runs]),
@@ -93,7 +108,17 @@ def row(label: str, runs: list[dict[str, Any]]) -> str:
         cells.append(str(all(r.get("unforgetting_verified") for r in runs)))
     else:
         cells.append("-")
+    if peaks:
+        cells.append(_ms([_peak(r) for r in runs]))
+        cells.append(", ".join(t["info"].get("config") or "-" for t in first["tasks"] if t.get("info")))
     return "| " + " | ".join(cells) + " |"
+
+
+def _peak(run: dict[str, Any]) -> float | None:
+    """LASEM's peak accuracy: each task's best-validation-epoch test accuracy in its own phase, averaged."""
+    vals = [(t.get("info") or {}).get("peak", {}).get("test_accuracy") for t in run["tasks"]]
+    vals = [v for v in vals if v is not None]
+    return statistics.mean(vals) if vals else None
 
 
 def claims(results: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -141,10 +166,11 @@ def main() -> None:
     ap.add_argument("--memory", type=int, default=None, help="exemplars for the methods that keep them (default 2000)")
     ap.add_argument("--tasks", type=int, default=None)
     ap.add_argument("--backbone", default=None)
+    ap.add_argument("--plan", choices=list(PLANS), default=None, help="which rows (default: the setting's)")
     ap.add_argument("--methods", nargs="*", help="labels to run (default: all)")
     ap.add_argument("--out", default="runs/real-data")
     a = ap.parse_args()
-    plan = CLASS_RUNS if a.setting == "class" else TASK_RUNS
+    plan = PLANS[a.plan or a.setting]
     results: dict[str, list[dict[str, Any]]] = {}
     for label, method, overrides in plan:
         if a.methods and label not in a.methods:
@@ -155,11 +181,13 @@ def main() -> None:
     first = "final accuracy (all seen classes)" if a.setting == "class" else "final accuracy (mean of last row)"
     print(f"{a.benchmark}, {a.setting} setting, seeds {' '.join(map(str, a.seeds))}, "
           f"{a.per_class or 'all'} training images per class")
+    peaks = a.plan == "lasem"
+    extra = " peak accuracy | configuration per task (seed 0) |" if peaks else ""
     print(f"| method | {first} | average incremental accuracy | average forgetting | exemplars | parameters | "
-          "MB stored | seconds per run | unforgetting verified |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"MB stored | seconds per run | unforgetting verified |{extra}")
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if peaks else ""))
     for label, runs in results.items():
-        print(row(label, runs))
+        print(row(label, runs, peaks))
     print()
     print("\n".join(claims(results)))
 
