@@ -98,14 +98,39 @@ def test_expansion_adds_exactly_k_units_per_layer_and_training_them_leaves_old_t
     for layer, (w, b), o in zip(m.net.layers, weights, old):
         assert torch.equal(layer.weight[:o, :w.shape[1]], w) and torch.equal(layer.bias[:o], b)
         assert (layer.weight[o:] != 0).any()
-    with torch.no_grad():  # a new unit of layer 2 left with no incoming weights is useless
+    with torch.no_grad():  # a new unit of layer 2 left with no incoming weights is useless; an old one never is
         m.net.layers[2].weight[old[2] + 1] = 0.0
+        kept = m.net.layers[1].weight[0].clone()
+        m.net.layers[1].weight[0] = 0.0
     drop = m.useless(old)
+    with torch.no_grad():
+        m.net.layers[1].weight[0] = kept
     assert [d.nonzero().flatten().tolist() for d in drop] == [[], [], [old[2] + 1], [], []]
     m.remove_units(1, drop)
     assert m.net.widths == [n + 3 - (l == 2) for l, n in enumerate(old)]
     assert torch.equal(old_outputs(m, ctx, scen), before)
     assert m.predict(torch.randn(2, 1, 8, 8), 1).shape == (2, 2)
+
+
+def test_the_first_task_is_sparse_under_the_proximal_l1_step(scen) -> None:
+    m, _ = after_first_task(scen, l1_lambda=1e4)  # threshold lr * l1 = 100 per step: every weight soft-thresholded to 0
+    assert all(layer.weight.abs().sum() == 0 for layer in m.net.layers) and m.net.heads["0"].weight.abs().sum() == 0
+    m, _ = after_first_task(scen)
+    assert all((layer.weight != 0).float().mean() > 0.9 for layer in m.net.layers)  # 1e-6: next to nothing is cut
+
+
+def test_group_lasso_empties_new_units_and_pruning_removes_them(scen) -> None:
+    m, ctx = after_first_task(scen, gl_lambda=1e4)  # threshold lr * gl = 100: every new unit's row goes to zero
+    before, old = old_outputs(m, ctx, scen), m.net.widths
+    m.expand(1, 3)
+    masks, _ = m.born_masks(old)
+    m.stage(ctx, scen.tasks[1], PeakTracker(), "expand", masks, 1, groups=[range(o, o + 3) for o in old])
+    assert all(layer.weight[o:].abs().sum() == 0 for layer, o in zip(m.net.layers, old))
+    drop = m.useless(old)
+    assert [int(d.sum()) for d in drop] == [3] * 5
+    m.remove_units(1, drop)
+    assert m.net.widths == old and m.net.heads["1"].weight.shape[1] == old[-1]
+    assert torch.equal(old_outputs(m, ctx, scen), before)
 
 
 # ------------------------------------------------------------------ split / duplication
