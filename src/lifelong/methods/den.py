@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..data.scenario import Task
 from ..engine.loop import Batch, StepOutput, TrainContext
 from ..errors import ConfigError
-from ..nn.den import DENNet, bfs_select
+from ..nn.den import DENNet, bfs_select, unit_masks
 from ..nn.lasem_cnn import LasemCNN, trunc_normal_
 from .base import BackboneFactory, Footprint, Method, TaskMeta
 from .lasem_common import TOY_DEFAULTS, LasemHParams, PeakTracker, lasem_lr
@@ -121,21 +121,7 @@ class DEN(Method):
 
     # ------------------------------------------------------------ trainable-entry masks
     def masks(self, rows: list[torch.Tensor], cols_any: bool, born: list[torch.Tensor] | None = None) -> Masks:
-        """Per layer (weight mask, bias mask). ``rows``: the units whose incoming weights train; with
-        ``cols_any`` the columns of ``born`` units below train in every row too (weights touching new units);
-        otherwise only columns of ``rows`` units below (the subnetwork), the inputs always."""
-        out: Masks = []
-        for l, layer in enumerate(self.net.layers):
-            r = rows[l].to(layer.weight.device)
-            below = torch.ones(layer.n_in, dtype=torch.bool, device=r.device) if l == 0 else rows[l - 1].to(r.device)
-            if cols_any:
-                below_born = torch.zeros(layer.n_in, dtype=torch.bool, device=r.device) if l == 0 else born[l - 1].to(r.device)  # type: ignore[index]
-                m = r[:, None] | below_born[None, :]
-            else:
-                m = r[:, None] & below[None, :]
-            shape = m.shape + (1,) * len(layer.block)
-            out.append((m.view(shape).expand_as(layer.weight).float(), r.float()))
-        return out
+        return unit_masks(self.net.layers, rows, cols_any, born)
 
     def born_masks(self, old: list[int]) -> tuple[Masks, list[torch.Tensor]]:
         born = [torch.arange(n) >= o for n, o in zip(self.net.widths, old)]
@@ -307,20 +293,12 @@ class DEN(Method):
             parts.append(f"split {'/'.join(str(len(s)) for s in info['split'])}")
         return ", ".join(parts + ([f"peak {peak:.3f}"] if peak is not None else []))
 
-    def count(self, widths: list[int]) -> int:
-        """Parameters of the hidden layers at these widths (weights and biases)."""
-        n_in, total = self.net.spec.in_channels, 0
-        for layer, n in zip(self.net.layers, widths):
-            total += n * n_in * (layer.weight[0, 0].numel() if layer.n_out and layer.n_in else 1) + n
-            n_in = n
-        return total
-
     def footprint(self) -> Footprint:
         """Every layer at its current width once, plus the heads (fp32, dense); per task: what it added."""
         heads = [sum(p.numel() for p in self.net.heads[str(t)].parameters()) for t in range(len(self.tasks))]
-        grown = [self.count(s) - (self.count(self.stamps[t - 1]) if t else 0) for t, s in enumerate(self.stamps)]
+        grown = [self.net.count(s) - (self.net.count(self.stamps[t - 1]) if t else 0) for t, s in enumerate(self.stamps)]
         per_task = [4 * (g + h) for g, h in zip(grown, heads)]
-        total = self.count(self.net.widths) + sum(heads)
+        total = self.net.count(self.net.widths) + sum(heads)
         first = self.stamps[0] if self.stamps else self.net.widths
         return Footprint(total, 4 * total, per_task, f"den: widths {'/'.join(map(str, first))} after task 1 -> "
                          f"{'/'.join(map(str, self.net.widths))} now; dense fp32, heads included")

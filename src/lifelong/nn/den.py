@@ -101,6 +101,14 @@ class DENNet(nn.Module):
         nn.init.constant_(head.bias, 0.2)
         self.heads[str(t)] = head
 
+    def count(self, widths: Sequence[int]) -> int:
+        """Parameters (weights and biases) of the hidden layers at these widths."""
+        n_in, total = self.spec.in_channels, 0
+        for layer, n in zip(self.layers, widths):
+            total += n * n_in * math.prod(layer.block) + n
+            n_in = n
+        return total
+
     @torch.no_grad()
     def head_append_inputs(self, t: int, cols: torch.Tensor) -> None:
         head = self.heads[str(t)]
@@ -141,3 +149,21 @@ def bfs_select(weights: Sequence[torch.Tensor], head: torch.Tensor, zero: float,
         out.append(sel)
         above, reached = w, sel
     return out[::-1]
+
+
+def unit_masks(layers: Sequence[DENLayer], rows: Sequence[torch.Tensor], cols_any: bool,
+               born: Sequence[torch.Tensor] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (weight mask, bias mask) of the entries a DEN stage trains. ``rows``: the units whose incoming
+    weights train. ``cols_any``: also, in every row, the columns of the ``born`` units below (everything that
+    touches a new unit); otherwise only the columns of ``rows`` units below (a subnetwork; the inputs always)."""
+    out = []
+    for l, layer in enumerate(layers):
+        r = rows[l].to(layer.weight.device)
+        if cols_any:
+            below = torch.zeros(layer.n_in, dtype=torch.bool, device=r.device) if l == 0 else born[l - 1].to(r.device)  # type: ignore[index]
+            m = r[:, None] | below[None, :]
+        else:
+            below = torch.ones(layer.n_in, dtype=torch.bool, device=r.device) if l == 0 else rows[l - 1].to(r.device)
+            m = r[:, None] & below[None, :]
+        out.append((m.view(m.shape + (1,) * len(layer.block)).expand_as(layer.weight).float(), r.float()))
+    return out
