@@ -43,8 +43,8 @@ from ..nn.cosine import CosineIncrementalHead
 from ..nn.dual_branch import DualBranchNet, plastic_copy, stable_copy
 from . import distill
 from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, check_choice
-from .memory import (SELECTIONS, Budget, ClassMeans, ExemplarMemory, add_exemplars, class_means, indices_of,
-                     new_class_means, replay_footprint)
+from .memory import (SELECTIONS, Budget, ClassMeans, ExemplarMemory, NearestMeanClassifiers, add_exemplars,
+                     class_means, indices_of, new_class_means, replay_footprint)
 
 BRANCHES = ("ss", "free", "fixed")
 
@@ -100,7 +100,7 @@ class AANetsConfig(TrainHParams):
             raise ConfigError("balanced_per_class, balanced_batch_size and K must be at least 1")
 
 
-class AANets(Method):
+class AANets(NearestMeanClassifiers, Method):
     name = "aanets"
     paper = "AANets: Adaptive Aggregation Networks for Class-Incremental Learning (Liu, Schiele, Sun, CVPR 2021)"
     settings = ("class",)
@@ -256,21 +256,8 @@ class AANets(Method):
         flip = self.config.nme_flip and ctx.augment_spec.flip
         self.means.means = class_means(ctx, self.net, self.memory, n_seen, flip).to(self.means.means.device)
 
-    def predict(self, x: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
-        feats = self.net(x)
-        return self.means.scores(feats) if self.config.classifier == "nme" else self.head(feats)
-
-    def predict_variants(self, x: torch.Tensor, task_id: int | None = None) -> dict[str, torch.Tensor]:
-        feats = self.net(x)
-        if self.config.classifier == "nme":
-            return {"cnn": self.head(feats)}
-        return {"nme": self.means.scores(feats)}
-
-    def check_stream(self, tasks: list[TaskMeta]) -> None:
-        self.budget.require(sum(t.num_classes for t in tasks), 1, "aanets")
-
-    def memory_size(self) -> int | None:
-        return len(self.memory)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
     def task_summary(self, info: dict[str, Any]) -> str:
         return "alphas " + " ".join(f"{a:.6f}" for a in info["alpha_final"]) if info.get("alpha_final") else ""

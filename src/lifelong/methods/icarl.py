@@ -40,8 +40,8 @@ from ..nn.heads import IncrementalHead
 from . import distill
 from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, check_choice, weight_decay_groups
 from .finetune import CLASS_INCREMENTAL_SCHEDULE
-from .memory import (SELECTIONS, Budget, ClassMeans, ExemplarMemory, add_exemplars, class_means, new_class_means,
-                     replay_footprint)
+from .memory import (SELECTIONS, Budget, ClassMeans, ExemplarMemory, NearestMeanClassifiers, add_exemplars,
+                     class_means, new_class_means, replay_footprint)
 
 
 # The AANets/LUCIR code's schedule for its iCaRL (manets.md 3.5, CIFAR column): 160 epochs, lr 0.1
@@ -78,7 +78,7 @@ class ICaRLConfig(TrainHParams):
         check_choice("selection", self.selection, SELECTIONS)
 
 
-class ICaRL(Method):
+class ICaRL(NearestMeanClassifiers, Method):
     name = "icarl"
     paper = "iCaRL: Incremental Classifier and Representation Learning (Rebuffi et al., CVPR 2017)"
     settings = ("class",)
@@ -160,22 +160,8 @@ class ICaRL(Method):
         flip = cfg.nme_flip and ctx.augment_spec.flip
         self.means.means = class_means(ctx, self.backbone, self.memory, n_seen, flip).to(self.means.means.device)
 
-    def predict(self, x: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
-        if self.config.classifier == "cnn":
-            return self.logits(x)
-        return self.means.scores(self.backbone(x))
-
-    def predict_variants(self, x: torch.Tensor, task_id: int | None = None) -> dict[str, torch.Tensor]:
-        other = "cnn" if self.config.classifier == "nme" else "nme"
-        if other == "cnn":
-            return {"cnn": self.logits(x)}
-        return {"nme": self.means.scores(self.backbone(x))}
-
-    def check_stream(self, tasks: list[TaskMeta]) -> None:
-        self.budget.require(sum(t.num_classes for t in tasks), 1, "icarl")
-
-    def memory_size(self) -> int | None:
-        return len(self.memory)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
 
     def footprint(self) -> Footprint:
         return replay_footprint([self.backbone, self.head, self.means], [self.memory], list(self.head.chunks),

@@ -41,8 +41,8 @@ from ..errors import ConfigError
 from ..nn.cosine import CosineIncrementalHead
 from . import distill
 from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, check_choice
-from .memory import (SELECTIONS, Budget, ClassMeans, ExemplarMemory, add_exemplars, class_means, new_class_means,
-                     replay_footprint)
+from .memory import (SELECTIONS, Budget, ClassMeans, ExemplarMemory, NearestMeanClassifiers, add_exemplars,
+                     class_means, new_class_means, replay_footprint)
 
 
 @dataclass
@@ -81,7 +81,7 @@ class LUCIRConfig(TrainHParams):
             raise ConfigError(f"K must be at least 1, got {self.K}")
 
 
-class LUCIR(Method):
+class LUCIR(NearestMeanClassifiers, Method):
     name = "lucir"
     paper = "LUCIR: Learning a Unified Classifier Incrementally via Rebalancing (Hou et al., CVPR 2019)"
     settings = ("class",)
@@ -176,21 +176,8 @@ class LUCIR(Method):
         ctx.fit(Phase("balanced_finetune", self.memory.data(), [c.weight for c in self.head.chunks], cfg.cbf_epochs or 0,
                       optim, loss, cfg.batch_size, train_mode=self.eval))
 
-    def predict(self, x: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
-        feats = self.backbone(x)
-        return self.means.scores(feats) if self.config.classifier == "nme" else self.head(feats)
-
-    def predict_variants(self, x: torch.Tensor, task_id: int | None = None) -> dict[str, torch.Tensor]:
-        feats = self.backbone(x)
-        if self.config.classifier == "nme":
-            return {"cnn": self.head(feats)}
-        return {"nme": self.means.scores(feats)}
-
-    def check_stream(self, tasks: list[TaskMeta]) -> None:
-        self.budget.require(sum(t.num_classes for t in tasks), 1, "lucir")
-
-    def memory_size(self) -> int | None:
-        return len(self.memory)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
 
     def footprint(self) -> Footprint:
         return replay_footprint([self.backbone, self.head, self.means], [self.memory], list(self.head.chunks),

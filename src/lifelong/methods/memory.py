@@ -264,6 +264,34 @@ def add_exemplars(ctx: Any, memory: ExemplarMemory, features: Callable[[torch.Te
     memory.replace(chosen)
 
 
+class NearestMeanClassifiers:
+    """What iCaRL, LUCIR and AANets share around their exemplars: ``predict`` gives the classifier
+    named by ``config.classifier`` (``nme``: nearest mean of exemplars; ``cnn``: the network's head),
+    ``predict_variants`` the other, from one feature pass; the budget is checked for the whole
+    stream before training; ``memory_size`` counts the stored exemplars. A mixin for ``Method``
+    subclasses with ``features(x)``, ``head``, ``means``, ``memory`` and ``budget``."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _classify(self, x: torch.Tensor, which: str) -> torch.Tensor:
+        feats = self.features(x)
+        return self.means.scores(feats) if which == "nme" else self.head(feats)  # type: ignore[attr-defined]
+
+    def predict(self, x: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
+        return self._classify(x, self.config.classifier)  # type: ignore[attr-defined]
+
+    def predict_variants(self, x: torch.Tensor, task_id: int | None = None) -> dict[str, torch.Tensor]:
+        other = "cnn" if self.config.classifier == "nme" else "nme"  # type: ignore[attr-defined]
+        return {other: self._classify(x, other)}
+
+    def check_stream(self, tasks: list[Any]) -> None:
+        self.budget.require(sum(t.num_classes for t in tasks), 1, self.name)  # type: ignore[attr-defined]
+
+    def memory_size(self) -> int | None:
+        return len(self.memory)  # type: ignore[attr-defined]
+
+
 def replay_footprint(network: list[nn.Module], memories: list[ExemplarMemory], chunks: list[nn.Module], note: str) -> Any:
     """Parameters and fp32 bytes of the network plus the exemplars' uint8 bytes (they must be
     stored to keep learning); per task: the task's head chunk."""
