@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "run": "api", "load_scenario": "api", "create_method": "api", "load_run": "api", "evaluate": "api",
     "Result": "api", "TrainContext": "api",
+    "learn": "serve.learn", "Predictor": "serve.predict", "export": "serve.export",
     "Method": "methods.base", "TaskMeta": "methods.base", "Footprint": "methods.base",
     "LifelongError": "errors", "DataError": "errors", "ConfigError": "errors", "CheckpointError": "errors",
 }

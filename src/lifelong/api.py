@@ -98,7 +98,7 @@ def load_run(run_dir: str | Path, data_root: str | Path | None = None, device: s
     cfg = from_dict(ckpt["config"])
     if data_root is not None:
         cfg.data_root = str(data_root)
-    scenario = scenario_for(cfg)
+    scenario = scenario_for(cfg, ckpt["record"].get("learned"))  # with the tasks `lifelong learn` appended
     dev = pick_device(device)
     method = build_method(cfg, scenario, dev)
     method.rebuild(ckpt["structure"])

@@ -1,4 +1,4 @@
-"""The ``lifelong`` command: run, list, show, eval.
+"""The ``lifelong`` command: run, list, show, eval, learn, predict, export.
 
 User mistakes print one line ``error: ...`` and exit with status 2 (``--debug``
 shows the traceback instead).
@@ -64,6 +64,34 @@ def _parser() -> argparse.ArgumentParser:
     fp.add_argument("--in-channels", type=int, default=3)
     fp.add_argument("--image-size", type=int, default=224)
 
+    ln = sub.add_parser("learn", help="learn one more task from an image folder into a finished run")
+    ln.add_argument("run_dir")
+    ln.add_argument("--task-folder", required=True, metavar="DIR", help="DIR/<class>/<images>, or DIR/train and DIR/test")
+    ln.add_argument("--name", help="the new task's name (default: the folder's name)")
+    ln.add_argument("--epochs", type=int, help="epochs of every training phase for this task")
+    ln.add_argument("--data-root", help="where the run's own data lives now (its earlier tasks are re-evaluated)")
+    ln.add_argument("--device", help="auto|cpu|cuda|cuda:I (default: the run's)")
+    ln.add_argument("--quiet", action="store_true")
+    ln.add_argument("--threads", type=int, help="CPU threads for torch")
+
+    pr = sub.add_parser("predict", help="class names and probabilities for images, with a run's test-time transform")
+    pr.add_argument("run_dir")
+    pr.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    pr.add_argument("--task", help="task-incremental runs: the task whose classes to predict")
+    pr.add_argument("--top", type=int, default=5, help="classes shown per image (default 5)")
+    pr.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--threads", type=int, help="CPU threads for torch")
+
+    ex = sub.add_parser("export", help="a standalone model of one task (class setting: the whole model) and its JSON")
+    ex.add_argument("run_dir")
+    ex.add_argument("--task", help="task-incremental runs: the task to export")
+    ex.add_argument("--format", required=True, choices=["torchscript", "onnx", "state_dict"])
+    ex.add_argument("--out", help="model file (default RUN_DIR/export/<task>.pt|.onnx|.pth); the JSON goes beside it")
+    ex.add_argument("--threads", type=int, help="CPU threads for torch")
+
+    for sp in (ln, pr, ex):
+        sp.add_argument("--debug", action="store_true", help="show tracebacks")
     for sp in (r, ls, s, e, fp):
         sp.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -204,6 +232,47 @@ def cmd_footprint(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learn(a: argparse.Namespace) -> int:
+    from .report.tables import accuracy_table
+    from .serve.learn import learn
+
+    say = (lambda s: None) if a.quiet else print
+    try:
+        result = learn(a.run_dir, a.task_folder, a.name, a.epochs, a.data_root, a.device, say, progress=not a.quiet)
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {a.run_dir} is unchanged (the new task is kept only once it is checkpointed)",
+              file=sys.stderr)
+        return 130
+    m = result.metrics
+    print(accuracy_table(m))
+    if m.get("unforgetting_verified") is not None:
+        print(f"earlier tasks' outputs bit-identical: {'yes' if m['unforgetting_verified'] else 'NO'}")
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from .serve.predict import Predictor, expand_inputs, format_predictions
+
+    predictor = Predictor(a.run_dir, a.device)
+    predictor.task_index(a.task)  # a missing or unknown task is reported before any image is read
+    files = expand_inputs(a.images)
+    preds = predictor.predict([str(f) for f in files], a.task, a.top)
+    print(format_predictions([str(f) for f in files], preds, a.format))
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .serve.export import export
+
+    model, meta = export(a.run_dir, a.task, a.format, a.out)
+    print(f"wrote {model} and {meta}")
+    return 0
+
+
+_SERVE = {"learn": cmd_learn, "predict": cmd_predict, "export": cmd_export}
+
+
 def _set_threads(n: int | None) -> None:
     if n is None:
         return
@@ -223,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         a = _parser().parse_args(argv)
         _set_threads(getattr(a, "threads", None))
+        if a.command in _SERVE:
+            return _SERVE[a.command](a)
         return {"run": cmd_run, "list": cmd_list, "show": cmd_show, "eval": cmd_eval, "footprint": cmd_footprint}[a.command](a)
     except LifelongError as exc:
         if debug:

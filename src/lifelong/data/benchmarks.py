@@ -235,16 +235,22 @@ def build_folder(cfg: BenchmarkConfig, setting: str, data_root: Path | None, val
     """The user's folder: ``root/<class>/*`` (seeded test split) or ``root/{train,test}/<class>/*``."""
     root = _root(data_root, "folder")
     stored, spec = _folder_spec(cfg)
+    train, test = folder_splits(root, stored, cfg)
+    return _stream(cfg, setting, "folder", train, test, val, spec)
+
+
+def folder_splits(root: Path, stored: int, cfg: BenchmarkConfig) -> tuple[ImageSet, ImageSet]:
+    """``root/{train,test|val}/<class>/*``, or ``root/<class>/*`` with a seeded ``test_fraction`` per class
+    held out: the folder benchmark's splits, and a task folder's for ``lifelong learn``."""
     if (root / "train").is_dir() and ((root / "test").is_dir() or (root / "val").is_dir()):
         train = images.load_folder(root / "train", stored)
         test = images.load_folder(root / "test" if (root / "test").is_dir() else root / "val", stored)
         if train.class_names != test.class_names:
             raise DataError(f"{root}/train and its test folder have different class folders; they must match")
-    else:
-        full = images.load_folder(root, stored)
-        keep, held = stratified_split(full.labels, cfg.test_fraction, cfg.split_seed + 12345)
-        train, test = full.subset(keep), full.subset(held)
-    return _stream(cfg, setting, "folder", train, test, val, spec)
+        return train, test
+    full = images.load_folder(root, stored)
+    keep, held = stratified_split(full.labels, cfg.test_fraction, cfg.split_seed + 12345)
+    return full.subset(keep), full.subset(held)
 
 
 def build_list(cfg: BenchmarkConfig, setting: str, data_root: Path | None, val: float) -> Scenario:

@@ -68,17 +68,23 @@ def read_list_file(list_file: Path, image_root: Path) -> tuple[list[Path], list[
     return files, labels
 
 
+def fit_image(im: Image.Image, size: int) -> np.ndarray:
+    """One image as the cache stores it: RGB, shorter side resized to ``size`` (bilinear), centre
+    crop ``size`` x ``size``, (3, size, size) uint8. ``serve.predict`` prepares new images the same way."""
+    im = im.convert("RGB")
+    w, h = im.size
+    scale = size / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+
+
 def _decode(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            scale = size / min(w, h)
-            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-            w, h = im.size
-            left, top = (w - size) // 2, (h - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+            return fit_image(im, size)
     except FileNotFoundError:
         raise DataError(f"image {path} not found") from None
     except (UnidentifiedImageError, OSError) as exc:

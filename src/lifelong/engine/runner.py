@@ -18,6 +18,8 @@ import torch
 from ..config import RunConfig, from_dict
 from ..data.benchmarks import build_scenario
 from ..data.scenario import Scenario
+from ..data.spec import scenario_spec
+from ..data.taskfolder import learned_task
 from ..errors import CheckpointError, ConfigError, Interrupted
 from ..methods.base import Method, TaskMeta
 from ..methods.registry import method_class
@@ -69,10 +71,21 @@ def build_method(cfg: RunConfig, scenario: Scenario, device: torch.device) -> Me
     return cls(cfg.hparams, cfg.setting, make_backbone).to(device)
 
 
-def scenario_for(cfg: RunConfig) -> Scenario:
+def scenario_for(cfg: RunConfig, learned: list[dict[str, Any]] | None = None) -> Scenario:
+    """The run's stream from its configuration, plus the tasks ``lifelong learn`` appended (their specs)."""
     cls = method_class(cfg.method)
-    return build_scenario(cfg.benchmark, cfg.setting, cfg.benchmark_options, Path(cfg.data_root) if cfg.data_root else None,
-                          cls.val_fraction)
+    scenario = build_scenario(cfg.benchmark, cfg.setting, cfg.benchmark_options,
+                              Path(cfg.data_root) if cfg.data_root else None, cls.val_fraction)
+    for spec in learned or []:
+        scenario.tasks.append(learned_task(spec["folder"], spec["name"], scenario, cfg.benchmark_options,
+                                           val_fraction_for(cfg), expect=spec)[0])
+    return scenario
+
+
+def val_fraction_for(cfg: RunConfig) -> float:
+    """The held-out fraction of the run's tasks: the benchmark option, else the method's preference."""
+    v = cfg.benchmark_options.val_fraction
+    return method_class(cfg.method).val_fraction if v is None else v
 
 
 def _clean(x: Any) -> Any:
@@ -101,6 +114,13 @@ class _Record:
         self.times: list[float] = []
         self.probes: list[torch.Tensor] = []
         self.unforgetting: bool | None = None
+        self.learned: list[dict[str, Any]] = []  # specs of the tasks ``lifelong learn`` appended (data/taskfolder.py)
+
+    def extend(self, n_tasks: int) -> None:
+        """Room for more tasks (``lifelong learn``): every row so far gets ``None`` in the new columns."""
+        self.n = n_tasks
+        for rows in [self.rows, self.top5, *self.variants.values()]:
+            rows[:] = [list(r) + [None] * (n_tasks - len(r)) for r in rows]
 
     def pad(self, row: list[float]) -> list[float | None]:
         return list(row) + [None] * (self.n - len(row))
@@ -201,7 +221,8 @@ def _train_tasks(cfg: RunConfig, scenario: Scenario, method: Method, ctx: TrainC
         rundir.write_metrics(metrics)
         rundir.write_log(log_rows)
         rundir.save_checkpoint(i, {"config": cfg.to_dict(), "task": i, "structure": method.structure(),
-                                   "state": method.state_dict(), "rng": rng_state(), "record": rec.state()}, cfg.keep)
+                                   "state": method.state_dict(), "rng": rng_state(), "record": rec.state(),
+                                   "serving": scenario_spec(scenario)}, cfg.keep)
         if cfg.setting == "class":
             figures = f"new classes {row.top1[-1]:.3f}, all seen classes {row.seen_top1:.3f}"
         else:
@@ -238,7 +259,7 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
     device = pick_device(cfg.device)
     check_precision(cfg.precision, device)
     seed_everything(cfg.seed)
-    scenario = scenario_for(cfg)
+    scenario = scenario_for(cfg, ckpt["record"].get("learned") if ckpt is not None else None)
     method = build_method(cfg, scenario, device)
     method.check_stream([TaskMeta.of(t) for t in scenario.tasks])  # before anything is trained or written
     log_rows: list[dict[str, Any]] = rundir.read_log() if resume else []
@@ -269,15 +290,21 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
         raise Interrupted(rundir.path, len(rec.rows)) from None
 
     metrics = metrics_json(cfg, scenario, rec, method)
-    if rundir.writable:
-        from ..report.plots import accuracy_heatmap
-
-        accuracy_heatmap(rec.rows, [t.name for t in scenario.tasks], rundir.path / "accuracy.png",
-                         f"{cfg.method} on {cfg.benchmark} ({cfg.setting}-incremental)")
-        if callable(getattr(method, "alpha_history", None)):  # AANets' aggregation weights per epoch
-            from ..report.plots import alpha_curves
-
-            alpha_curves(method.alpha_history(rec.infos), rundir.path / "alphas.png", f"{cfg.method} on {cfg.benchmark}")
+    write_figures(cfg, scenario, rec, method, rundir)
     return Result(rundir.path, metrics["accuracy"], metrics["final_accuracy"], metrics["average_accuracy"],
                   metrics["average_incremental_accuracy"],
                   metrics["forgetting"], metrics["average_forgetting"], metrics["footprint"], metrics, method, scenario)
+
+
+def write_figures(cfg: RunConfig, scenario: Scenario, rec: _Record, method: Method, rundir: RunDir) -> None:
+    """``accuracy.png`` (and AANets' ``alphas.png``) from the record so far."""
+    if not rundir.writable:
+        return
+    from ..report.plots import accuracy_heatmap
+
+    accuracy_heatmap(rec.rows, [t.name for t in scenario.tasks], rundir.path / "accuracy.png",
+                     f"{cfg.method} on {cfg.benchmark} ({cfg.setting}-incremental)")
+    if callable(getattr(method, "alpha_history", None)):  # AANets' aggregation weights per epoch
+        from ..report.plots import alpha_curves
+
+        alpha_curves(method.alpha_history(rec.infos), rundir.path / "alphas.png", f"{cfg.method} on {cfg.benchmark}")
