@@ -24,6 +24,7 @@ from typing import Any
 
 import lifelong
 from lifelong.methods.registry import METHODS
+from lifelong.report import compare
 
 # (label, method, overrides): the class setting with a 2,000-image memory where a method keeps one.
 CLASS_RUNS: list[tuple[str, str, dict[str, Any]]] = [
@@ -85,33 +86,6 @@ def run_one(label: str, method: str, overrides: dict[str, Any], a: argparse.Name
         print(f"{label} seed {seed}: {exc}", file=sys.stderr)
         return None
     return result.metrics
-
-
-def _ms(values: list[float | None], scale: float = 100.0, digits: int = 1) -> str:
-    vals = [v * scale for v in values if v is not None]
-    if not vals:
-        return "-"
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
-
-
-def row(label: str, runs: list[dict[str, Any]], peaks: bool = False) -> str:
-    first = runs[0]
-    memory = first["memory"]["size"]
-    cells = [label, _ms([r["final_accuracy"] for r in runs]),
-             _ms([r["average_incremental_accuracy"] for r in runs]),
-             _ms([r["average_forgetting"] for r in runs]),
-             "-" if memory is None else str(memory), f"{first['footprint']['parameters']:,}",
-             f"{first['footprint']['bytes'] / 2**20:.2f}", _ms([sum(r["time_s"]) for r in runs], 1.0, 0)]
-    if first.get("unforgetting_verified") is not None or "unforgetting_verified" in first:
-        cells.append(str(all(r.get("unforgetting_verified") for r in runs)))
-    else:
-        cells.append("-")
-    if peaks:
-        cells.append(_ms([_peak(r) for r in runs]))
-        cells.append(", ".join(t["info"].get("config") or "-" for t in first["tasks"] if t.get("info")))
-    return "| " + " | ".join(cells) + " |"
 
 
 def _peak(run: dict[str, Any]) -> float | None:
@@ -178,16 +152,20 @@ def main() -> None:
         runs = [m for m in (run_one(label, method, overrides, a, s) for s in a.seeds) if m is not None]
         if runs:
             results[label] = runs
-    first = "final accuracy (all seen classes)" if a.setting == "class" else "final accuracy (mean of last row)"
+    first = "all seen classes" if a.setting == "class" else "mean of last row"
     print(f"{a.benchmark}, {a.setting} setting, seeds {' '.join(map(str, a.seeds))}, "
-          f"{a.per_class or 'all'} training images per class")
-    peaks = a.plan == "lasem"
-    extra = " peak accuracy | configuration per task (seed 0) |" if peaks else ""
-    print(f"| method | {first} | average incremental accuracy | average forgetting | exemplars | parameters | "
-          f"MB stored | seconds per run | unforgetting verified |{extra}")
-    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if peaks else ""))
-    for label, runs in results.items():
-        print(row(label, runs, peaks))
+          f"{a.per_class or 'all'} training images per class; final accuracy: {first}; mean ± sample std over seeds")
+    extra = []
+    if a.plan == "lasem":
+        extra = [("peak accuracy %", lambda g: compare.cell(compare.Stat([p for r in g.runs if (p := _peak(r.metrics)) is not None]),
+                                                             "pct", 1)),
+                 ("configuration per task (seed 0)", lambda g: ", ".join(t["info"].get("config") or "-"
+                                                                         for t in g.runs[0].metrics["tasks"] if t.get("info")))]
+    # the table of `lifelong compare --format markdown` over these run folders, plus the plan's own columns
+    groups = [compare.group_of(label, runs) for label, runs in results.items()]
+    print(compare.format_groups(groups, "markdown", digits=1, title=False, extra=extra,
+                                columns=["final_accuracy", "average_incremental_accuracy", "average_forgetting",
+                                         "memory", "parameters", "footprint_mb", "time_s"]))
     print()
     print("\n".join(claims(results)))
 

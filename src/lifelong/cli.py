@@ -30,7 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--setting", choices=["task", "class"])
     r.add_argument("--data-root", help="folder holding the benchmark's files")
     r.add_argument("--out", help="run folder (default runs/<method>-<benchmark>-<timestamp>)")
-    r.add_argument("--seed", type=int)
+    r.add_argument("--seed", help="the run's seed (default 0); several (0,1,2 or 0..4) work as --seeds")
+    r.add_argument("--seeds", metavar="LIST", help="one run per seed, --out/seed-<s> (0,1,2 or 0..4); the same command "
+                   "again resumes unfinished seeds; then the compare table")
+    r.add_argument("--dry-run", action="store_true", help="print the resolved configuration and the task/class layout; "
+                   "train and write nothing")
+    r.add_argument("--log", choices=["tensorboard"], help="also log to TensorBoard in the run folder "
+                   "(pip install 'lifelong[tensorboard]')")
     r.add_argument("--epochs", type=int, help="epochs per task for every training phase")
     r.add_argument("--tasks", type=int)
     r.add_argument("--base", type=int, help="class-incremental: classes in the first step")
@@ -48,6 +54,25 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="methods and benchmarks")
     ls.add_argument("--data-root", help="check which benchmarks' files are present here")
+    ls.add_argument("--presets", action="store_true", help="list configs/*.yaml instead (as `lifelong presets`)")
+    ls.add_argument("--configs", metavar="DIR", help="with --presets: the presets folder (default ./configs)")
+
+    cmp_ = sub.add_parser("compare", help="finished runs side by side: mean ± std over seeds per method")
+    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders, or folders of runs (e.g. a --seeds --out)")
+    cmp_.add_argument("--group-by", metavar="KEYS", help="config keys, comma-separated (method, benchmark, hparams.lr, ...); "
+                      "default: runs that differ only by seed")
+    cmp_.add_argument("--format", choices=["table", "csv", "markdown", "json"], default="table")
+    cmp_.add_argument("--plot", metavar="FILE", help="also write the seen-accuracy plot with seed bands (.png/.svg/.pdf)")
+    cmp_.add_argument("--mixed", action="store_true", help="compare runs of different benchmarks or protocols anyway")
+
+    rep_ = sub.add_parser("report", help="one self-contained HTML report of one or more runs")
+    rep_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders, or folders of runs")
+    rep_.add_argument("--out", metavar="FILE.html", help="default: report.html in the one folder given, else here")
+    rep_.add_argument("--mixed", action="store_true", help="report runs of different benchmarks or protocols together")
+
+    pre = sub.add_parser("presets", help="configs/*.yaml: method, benchmark, paper target, data present")
+    pre.add_argument("--data-root", help="check whether each preset's data is present here")
+    pre.add_argument("--configs", metavar="DIR", help="the presets folder (default ./configs)")
 
     s = sub.add_parser("show", help="the accuracy matrix and summary of a run")
     s.add_argument("run_dir")
@@ -94,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--debug", action="store_true", help="show tracebacks")
     for sp in (r, ls, s, e, fp):
         sp.add_argument("--debug", action="store_true", help="show tracebacks")
+    for sp in (cmp_, rep_, pre):
+        sp.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
@@ -102,9 +129,12 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .engine.runner import run_job
     from .report.tables import accuracy_table
 
+    seeds = _seeds_of(a)  # None: one run (a.seed is then an int or None)
     flags = {"seed": a.seed, "epochs": a.epochs, "data_root": a.data_root, "tasks": a.tasks, "base": a.base,
              "increment": a.increment, "memory": a.memory, "backbone": a.backbone, "device": a.device,
              "precision": a.precision, "keep": a.keep}
+    if a.dry_run or seeds is not None:
+        return _run_plan(a, flags, seeds)
     if a.resume:
         if not a.out:
             raise ConfigError("--resume needs --out DIR, the run folder to continue")
@@ -116,9 +146,86 @@ def cmd_run(a: argparse.Namespace) -> int:
     else:
         cfg = resolve(a.method, a.benchmark, a.setting, Path(a.config) if a.config else None, a.set, flags)
     say = (lambda s: None) if a.quiet else print
-    result = run_job(cfg, Path(a.out) if a.out else None, resume=a.resume, echo=say, progress=not a.quiet)
+    _image_progress(a)
+    result = run_job(cfg, Path(a.out) if a.out else None, resume=a.resume, echo=say, progress=not a.quiet, log=a.log)
     print(accuracy_table(result.metrics))
     print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def _seeds_of(a: argparse.Namespace) -> list[int] | None:
+    """``--seeds LIST`` or a multi-seed ``--seed`` (``0,1,2``, ``0..4``): the seeds; else None, ``a.seed`` an int."""
+    from .engine.seeds import parse_seeds
+
+    if a.seeds is not None and a.seed is not None:
+        raise ConfigError("pass either --seed or --seeds, not both")
+    if a.seeds is not None:
+        return parse_seeds(a.seeds)
+    if a.seed is None:
+        return None
+    seeds = parse_seeds(a.seed)
+    if len(seeds) == 1 and "," not in a.seed and ".." not in a.seed:
+        a.seed = seeds[0]
+        return None
+    return seeds
+
+
+def _image_progress(a: argparse.Namespace) -> None:
+    from .data import images
+
+    images.show_progress(False if a.quiet else None)  # the first decode of a folder: a bar on a terminal
+
+
+def _run_plan(a: argparse.Namespace, flags: dict, seeds: list[int] | None) -> int:
+    """``--dry-run`` (configuration and layout, nothing written) and ``--seeds`` (one run per seed, then the
+    compare table)."""
+    from .config import resolve
+
+    if a.resume and (a.dry_run or not (a.method or a.config)):
+        raise ConfigError("--dry-run shows what a new run would do; drop --resume (a run's own configuration is its "
+                          "config.yaml)" if a.dry_run else
+                          "--seeds continues unfinished seeds when the same command runs again: give its --method and "
+                          "--benchmark (or --config) and --out; --resume is not needed")
+    cfg = resolve(a.method, a.benchmark, a.setting, Path(a.config) if a.config else None, a.set,
+                  dict(flags, seed=seeds[0] if seeds else flags["seed"]))
+    if a.dry_run:
+        return _dry_run(cfg, a, seeds)
+    from .engine.runner import default_out
+    from .engine.seeds import run_seeds
+    from .report.compare import format_groups, group_runs, load_runs
+
+    out = Path(a.out) if a.out else default_out(cfg)
+    _image_progress(a)
+    say = (lambda s: None) if a.quiet else print
+    try:
+        folders = run_seeds(cfg, seeds or [], out, echo=say, progress=not a.quiet, log=a.log)
+    except (Interrupted, KeyboardInterrupt):
+        print(f"error: interrupted; finished tasks are checkpointed under {out}; run the same command again "
+              f"(with --out {out}) to continue every unfinished seed", file=sys.stderr)
+        return 130
+    print(format_groups(group_runs(load_runs(folders)), "table"))
+    print(f"run folders: {', '.join(str(f) for f in folders)}")
+    return 0
+
+
+def _dry_run(cfg, a: argparse.Namespace, seeds: list[int] | None) -> int:
+    import copy
+
+    import yaml
+
+    from .data import images
+    from .engine.runner import scenario_for
+    from .report.tables import layout_table
+
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+    probe = copy.deepcopy(cfg)
+    probe.benchmark_options.per_task_norm = False  # normalisation statistics do not change the layout
+    with images.no_decoding():  # a folder's files and labels are enough: no decoding, no cache entry
+        scenario = scenario_for(probe)
+    print(layout_table(scenario))
+    if seeds:
+        print(f"seeds {', '.join(map(str, seeds))}: one run folder each, <--out>/seed-<s>")
+    print("dry run: nothing trained, nothing written")
     return 0
 
 
@@ -164,6 +271,9 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def cmd_list(a: argparse.Namespace) -> int:
     from .data.benchmarks import BENCHMARKS
     from .methods.registry import METHODS, method_class
+
+    if a.presets:
+        return cmd_presets(a)
 
     lines = ["methods:"]
     for name in METHODS:
@@ -273,6 +383,37 @@ def cmd_export(a: argparse.Namespace) -> int:
 _SERVE = {"learn": cmd_learn, "predict": cmd_predict, "export": cmd_export}
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    from .report import compare as C
+
+    runs = C.load_runs(a.run_dirs)
+    C.check_protocol(runs, a.mixed)
+    groups = C.group_runs(runs, a.group_by.split(",") if a.group_by else None)
+    if a.plot:
+        C.write_plot(groups, Path(a.plot))
+    print(C.format_groups(groups, a.format), end="" if a.format == "csv" else "\n", flush=True)
+    if a.plot:
+        print(f"plot: {a.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report.html import write_report
+
+    print(f"report: {write_report(a.run_dirs, Path(a.out) if a.out else None, a.mixed)}")
+    return 0
+
+
+def cmd_presets(a: argparse.Namespace) -> int:
+    from .report.presets import format_presets, load_presets
+
+    print(format_presets(load_presets(Path(a.configs) if a.configs else None, a.data_root)), flush=True)
+    return 0
+
+
+_REPORTS = {"compare": cmd_compare, "report": cmd_report, "presets": cmd_presets}
+
+
 def _set_threads(n: int | None) -> None:
     if n is None:
         return
@@ -294,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _set_threads(getattr(a, "threads", None))
         if a.command in _SERVE:
             return _SERVE[a.command](a)
+        if a.command in _REPORTS:
+            return _REPORTS[a.command](a)
         return {"run": cmd_run, "list": cmd_list, "show": cmd_show, "eval": cmd_eval, "footprint": cmd_footprint}[a.command](a)
     except LifelongError as exc:
         if debug:

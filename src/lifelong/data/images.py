@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -27,6 +30,28 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tif
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("LIFELONG_CACHE", Path.home() / ".cache" / "lifelong"))
+
+
+_PROGRESS: bool | None = None  # None: a bar when stderr is a terminal; True: always; False: never (--quiet)
+_DRY = False
+
+
+def show_progress(flag: bool | None) -> None:
+    """Whether the first decode of a folder or list shows a progress bar (``lifelong run --quiet``: never)."""
+    global _PROGRESS
+    _PROGRESS = flag
+
+
+@contextmanager
+def no_decoding() -> Iterator[None]:
+    """Inside: ``decode_cached`` decodes nothing and writes no cache entry, returning all-zero images of
+    the right shape (``lifelong run --dry-run``: the task layout needs only the files and labels)."""
+    global _DRY
+    old, _DRY = _DRY, True
+    try:
+        yield
+    finally:
+        _DRY = old
 
 
 def scan_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
@@ -103,9 +128,12 @@ def _cache_key(files: list[Path], size: int) -> str:
 
 
 def decode_cached(files: list[Path], size: int, cache_dir: Path | None = None, workers: int = 8) -> np.ndarray:
-    """All ``files`` as one (N, 3, size, size) uint8 array, memory-mapped from the cache."""
+    """All ``files`` as one (N, 3, size, size) uint8 array, memory-mapped from the cache; the first
+    decode shows a progress bar on a terminal (``show_progress``)."""
     cache_dir = Path(cache_dir or default_cache_dir())
     path = cache_dir / f"images-{_cache_key(files, size)}.npy"
+    if _DRY:
+        return np.broadcast_to(np.zeros((1, 3, size, size), dtype=np.uint8), (len(files), 3, size, size))
     if path.is_file():
         try:
             arr = np.load(path, mmap_mode="r")
@@ -115,13 +143,28 @@ def decode_cached(files: list[Path], size: int, cache_dir: Path | None = None, w
             pass  # a damaged cache entry is rebuilt below
     cache_dir.mkdir(parents=True, exist_ok=True)
     out = np.empty((len(files), 3, size, size), dtype=np.uint8)
+    bar = _decode_bar(len(files), size, path)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
         for i, img in enumerate(pool.map(lambda f: _decode(f, size), files)):
             out[i] = img
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
     np.save(tmp, out)
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache entry
     return np.load(path, mmap_mode="r")
+
+
+def _decode_bar(n: int, size: int, path: Path):
+    """tqdm on stderr for the one-time decode (70,000 PNGs take about 26 s), or None."""
+    if _PROGRESS is False or (_PROGRESS is None and not sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=n, desc=f"decoding images once at {size}x{size} into {path.parent}", unit="img",
+                file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
 
 def load_folder(root: Path, size: int, cache_dir: Path | None = None) -> ImageSet:

@@ -112,6 +112,9 @@ class _Record:
         self.variants_seen: dict[str, list[float]] = {}
         self.infos: list[dict[str, Any]] = []
         self.times: list[float] = []
+        self.summaries: list[str] = []  # method.task_summary(info) per task, for reports
+        # model size and exemplars after each task (checkpoints of older runs lack the first entries)
+        self.growth: list[dict[str, int | None]] = []
         self.probes: list[torch.Tensor] = []
         self.unforgetting: bool | None = None
         self.learned: list[dict[str, Any]] = []  # specs of the tasks ``lifelong learn`` appended (data/taskfolder.py)
@@ -125,7 +128,8 @@ class _Record:
     def pad(self, row: list[float]) -> list[float | None]:
         return list(row) + [None] * (self.n - len(row))
 
-    def add(self, row: Row, info: dict[str, Any], seconds: float) -> None:
+    def add(self, row: Row, info: dict[str, Any], seconds: float, summary: str = "",
+            growth: dict[str, int | None] | None = None) -> None:
         self.rows.append(self.pad(row.top1))
         self.top5.append(self.pad(row.top5))
         self.seen.append(row.seen_top1)
@@ -135,6 +139,9 @@ class _Record:
             self.variants_seen.setdefault(name, []).append(row.variants_seen[name])
         self.infos.append(info)
         self.times.append(seconds)
+        self.summaries = [""] * (len(self.rows) - 1 - len(self.summaries)) + self.summaries + [summary]
+        empty = {"parameters": None, "bytes": None, "memory": None}
+        self.growth = [empty] * (len(self.rows) - 1 - len(self.growth)) + self.growth + [growth or empty]
 
     def state(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -149,12 +156,14 @@ class _Record:
 def metrics_json(cfg: RunConfig, scenario: Scenario, rec: _Record, method: Method) -> dict[str, Any]:
     R = rec.rows
     summary = M.summarise(R, rec.seen)
+    footprint = method.footprint().to_dict()
     out: dict[str, Any] = {
         "method": cfg.method,
         "benchmark": cfg.benchmark,
         "setting": cfg.setting,
         "seed": cfg.seed,
-        "tasks": [{"name": t.name, "classes": t.class_names, "info": rec.infos[i] if i < len(rec.infos) else None}
+        "tasks": [{"name": t.name, "classes": t.class_names, "info": rec.infos[i] if i < len(rec.infos) else None,
+                   "summary": rec.summaries[i] if i < len(rec.summaries) else None}
                   for i, t in enumerate(scenario.tasks)],
         "accuracy": R,
         "top5": rec.top5 if cfg.setting == "class" else None,
@@ -162,8 +171,10 @@ def metrics_json(cfg: RunConfig, scenario: Scenario, rec: _Record, method: Metho
         "final_accuracy": rec.seen[-1] if cfg.setting == "class" else summary["average_accuracy"],
         **summary,
         "seen_accuracy": rec.seen,
-        "footprint": method.footprint().to_dict(),
+        "footprint": footprint,
         "memory": {"size": method.memory_size()},
+        # after each task: parameters and bytes as footprint counts them, exemplars stored (null: not recorded)
+        "growth": {k: [g[k] for g in rec.growth] for k in ("parameters", "bytes", "memory")},
         "time_s": rec.times,
         "tasks_completed": len(R),
     }
@@ -199,7 +210,8 @@ def served_equals_trained(method: Method, task: Any, ctx: TrainContext, info: di
 
 
 def _train_tasks(cfg: RunConfig, scenario: Scenario, method: Method, ctx: TrainContext, rec: _Record, rundir: RunDir,
-                 log_rows: list[dict[str, Any]], start: int, say: Callable[[str], None], stop_after: int | None) -> None:
+                 log_rows: list[dict[str, Any]], start: int, say: Callable[[str], None], stop_after: int | None,
+                 tb: Any = None) -> None:
     """Train, evaluate and checkpoint tasks ``start..``; each finished task is on disk before the next starts."""
     for i in range(start, len(scenario)):
         task = scenario.tasks[i]
@@ -216,18 +228,21 @@ def _train_tasks(cfg: RunConfig, scenario: Scenario, method: Method, ctx: TrainC
                 rec.unforgetting = ok if rec.unforgetting is None else (rec.unforgetting and ok)
             rec.probes.append(probe_outputs(method, scenario, i, ctx))
             info["served_equals_trained"] = served_equals_trained(method, task, ctx, info)
-        rec.add(row, info, seconds)
+        decided = method.task_summary(info)
+        size = method.footprint()
+        rec.add(row, info, seconds, decided, {"parameters": size.parameters, "bytes": size.bytes, "memory": method.memory_size()})
         metrics = metrics_json(cfg, scenario, rec, method)
         rundir.write_metrics(metrics)
         rundir.write_log(log_rows)
         rundir.save_checkpoint(i, {"config": cfg.to_dict(), "task": i, "structure": method.structure(),
                                    "state": method.state_dict(), "rng": rng_state(), "record": rec.state(),
                                    "serving": scenario_spec(scenario)}, cfg.keep)
+        if tb is not None:
+            tb.task(i + 1, metrics)
         if cfg.setting == "class":
             figures = f"new classes {row.top1[-1]:.3f}, all seen classes {row.seen_top1:.3f}"
         else:
             figures = f"this task {row.top1[-1]:.3f}, mean over tasks {metrics['average_accuracy']:.3f}"
-        decided = method.task_summary(info)
         say(f"task {i + 1}/{len(scenario)} {task.name}: accuracy {figures} ({seconds:.1f}s)"
             + (f"; {decided}" if decided else ""))
         if stop_after is not None and i + 1 >= stop_after:
@@ -235,8 +250,17 @@ def _train_tasks(cfg: RunConfig, scenario: Scenario, method: Method, ctx: TrainC
 
 
 def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo: Callable[[str], None] | None = None,
-            progress: bool = False, stop_after: int | None = None) -> Result:
-    """Train ``cfg.method`` on every task of ``cfg.benchmark``; see the README's "Output folder"."""
+            progress: bool = False, stop_after: int | None = None, log: str | None = None) -> Result:
+    """Train ``cfg.method`` on every task of ``cfg.benchmark``; see the README's "Output folder".
+
+    ``log="tensorboard"`` also writes TensorBoard event files into the run folder (``engine.tblog``);
+    it is not part of the configuration, so a resumed run may add or drop it."""
+    if log not in (None, "tensorboard"):
+        raise ConfigError(f"--log {log} is not a known logger; use --log tensorboard")
+    if log == "tensorboard":
+        from .tblog import require_tensorboard
+
+        require_tensorboard()  # before anything trains or is written
     say = echo or (lambda s: None)
     if resume:
         if out is None:
@@ -263,7 +287,17 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
     method = build_method(cfg, scenario, device)
     method.check_stream([TaskMeta.of(t) for t in scenario.tasks])  # before anything is trained or written
     log_rows: list[dict[str, Any]] = rundir.read_log() if resume else []
-    ctx = TrainContext(device, scenario.augment, cfg.seed, cfg.precision, log_rows.append, progress, len(scenario),
+    tb = None
+    epoch_log: Callable[[dict[str, Any]], None] = log_rows.append  # no logger: nothing else runs per epoch
+    if log == "tensorboard" and rundir.writable:
+        from .tblog import TensorBoardLog
+
+        tb = TensorBoardLog(rundir.path)
+
+        def epoch_log(row: dict[str, Any]) -> None:
+            log_rows.append(row)
+            tb.epoch(len(log_rows), row)  # the step: the epoch's row in log.csv, continued on resume
+    ctx = TrainContext(device, scenario.augment, cfg.seed, cfg.precision, epoch_log, progress, len(scenario),
                        scenario.num_classes)
     rec = _Record(len(scenario))
     start = 0
@@ -285,9 +319,12 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
     rundir.write_config(cfg.to_dict())
 
     try:
-        _train_tasks(cfg, scenario, method, ctx, rec, rundir, log_rows, start, say, stop_after)
+        _train_tasks(cfg, scenario, method, ctx, rec, rundir, log_rows, start, say, stop_after, tb)
     except KeyboardInterrupt:
         raise Interrupted(rundir.path, len(rec.rows)) from None
+    finally:
+        if tb is not None:
+            tb.close()
 
     metrics = metrics_json(cfg, scenario, rec, method)
     write_figures(cfg, scenario, rec, method, rundir)

@@ -1,19 +1,40 @@
 """Run-folder figures: the accuracy-matrix heat map (``accuracy.png``) and, for methods with
-aggregation weights (AANets), their value per level and epoch (``alphas.png``)."""
+aggregation weights (AANets), their value per level and epoch (``alphas.png``). The ``*_figure``
+functions return the matplotlib figure, for ``lifelong report`` to inline."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 from ..engine.checkpoint import atomic_write_bytes
 
 
-def accuracy_heatmap(R: list[list[float | None]], names: list[str], path: Path, title: str) -> None:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never a window
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_bytes(fig: Any, fmt: str = "png", dpi: int = 110) -> bytes:
+    """The figure saved as ``fmt`` (png, svg, pdf), then closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi)
+    pyplot().close(fig)
+    return buf.getvalue()
+
+
+def accuracy_heatmap(R: list[list[float | None]], names: list[str], path: Path, title: str) -> None:
+    data = figure_bytes(accuracy_heatmap_figure(R, names, title))
+    atomic_write_bytes(path, lambda f: f.write(data))
+
+
+def accuracy_heatmap_figure(R: list[list[float | None]], names: list[str], title: str) -> Any:
+    plt = pyplot()
     import numpy as np
 
     data = np.array([[np.nan if v is None else v for v in row] for row in R], dtype=float)
@@ -33,23 +54,26 @@ def accuracy_heatmap(R: list[list[float | None]], names: list[str], path: Path, 
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="accuracy (%)")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+    return fig
 
 
 def alpha_curves(history: list[list[list[float]]], path: Path, title: str) -> bool:
     """One line per level over all epochs of all tasks (``history[task][epoch][level]``), a dashed line
     where each task starts. Writes nothing and returns False when no task recorded alphas."""
+    fig = alpha_curves_figure(history, title)
+    if fig is None:
+        return False
+    data = figure_bytes(fig)
+    atomic_write_bytes(path, lambda f: f.write(data))
+    return True
+
+
+def alpha_curves_figure(history: list[list[list[float]]], title: str) -> Any:
+    """``alpha_curves``'s figure, or None when no task recorded alphas."""
     points = [(t, a) for t, epochs in enumerate(history) for a in epochs]
     if not points:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never a window
-    import matplotlib.pyplot as plt
-
+        return None
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     levels = len(points[0][1])
     for k in range(levels):
@@ -66,8 +90,4 @@ def alpha_curves(history: list[list[list[float]]], path: Path, title: str) -> bo
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
-    return True
+    return fig

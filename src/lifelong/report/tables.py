@@ -60,3 +60,24 @@ def summary_line(metrics: dict[str, Any]) -> str:
         parts.append(f"unforgetting verified: {metrics['unforgetting_verified']}")
     parts.append(f"time {sum(metrics.get('time_s') or []):.1f}s")
     return "; ".join(parts)
+
+
+def layout_table(scenario: Any) -> str:
+    """The task/class layout of a scenario (``lifelong run --dry-run``): per task its classes and how many
+    images each split holds."""
+    rows = [(str(t.id + 1), t.name, str(t.num_classes), _names(t.class_names), str(len(t.train)), str(len(t.val)),
+             str(len(t.test))) for t in scenario.tasks]
+    header = ("task", "name", "classes", "class names", "train", "val", "test")
+    total = ("all", "", str(scenario.num_classes), "", str(sum(len(t.train) for t in scenario.tasks)),
+             str(sum(len(t.val) for t in scenario.tasks)), str(sum(len(t.test) for t in scenario.tasks)))
+    widths = [max(len(r[i]) for r in [header, *rows, total]) for i in range(len(header))]
+    line = lambda r: "  ".join(v.ljust(w) if i in (1, 3) else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
+    size = "x".join(str(s) for s in (scenario.in_channels, scenario.augment.size, scenario.augment.size))
+    return "\n".join([f"{scenario.name}, {scenario.setting}-incremental: {len(scenario.tasks)} tasks, "
+                      f"{scenario.num_classes} classes, network input {size}", line(header)]
+                     + [line(r) for r in rows] + [line(total)])
+
+
+def _names(names: list[str], limit: int = 48) -> str:
+    text = ", ".join(names)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
