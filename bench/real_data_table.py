@@ -66,7 +66,7 @@ def run_one(label: str, method: str, overrides: dict[str, Any], a: argparse.Name
         m = json.loads(metrics.read_text())
         if m.get("tasks_completed") == len(m["tasks"]):
             return m
-    if method not in METHODS:  # not built (yet)
+    if method not in METHODS or a.read_only:  # not built (yet), or only finished runs are wanted
         return None
     kwargs = dict(overrides)
     if "memory" in kwargs and a.memory:
@@ -140,6 +140,7 @@ def main() -> None:
     ap.add_argument("--memory", type=int, default=None, help="exemplars for the methods that keep them (default 2000)")
     ap.add_argument("--tasks", type=int, default=None)
     ap.add_argument("--backbone", default=None)
+    ap.add_argument("--read-only", action="store_true", help="tabulate finished runs only; train nothing")
     ap.add_argument("--plan", choices=list(PLANS), default=None, help="which rows (default: the setting's)")
     ap.add_argument("--methods", nargs="*", help="labels to run (default: all)")
     ap.add_argument("--out", default="runs/real-data")

@@ -24,7 +24,6 @@ METHODS: dict[str, str] = {
     "bic": "lifelong.methods.bic:BiC",
     "clr": "lifelong.methods.clr:CLR", "clr-full": "lifelong.methods.clr:CLRFull",
     "prognn": "lifelong.methods.prognn:ProgNN",
-    "aanets": "lifelong.methods.aanets:AANets",
     # LASEM family (lasem.md): baselines, static transfer configurations, EM search
     "stl": "lifelong.methods.stl:STL",
     "snn": "lifelong.methods.stl:SNN",
@@ -50,6 +49,7 @@ METHODS: dict[str, str] = {
     "lwf": "lifelong.methods.lwf:LwF",
     "ewc": "lifelong.methods.ewc:EWC",
     "si": "lifelong.methods.si:SI",
+    "aanets": "lifelong.methods.aanets:AANets",
 }
 
 
