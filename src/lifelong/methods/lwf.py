@@ -16,7 +16,7 @@ that is ``softmax(z / T)``, so it is ``distill.soft_cross_entropy`` (no ``T^2``;
 ``distill.kl_distillation`` differs by the teacher's entropy and a ``T^2`` factor).
 
 Class setting (the class-incremental LwF that BiC's comparison lists: distillation, no exemplars;
-shared/methods/bic.md does not describe it, and iCaRL's "LwF-MC" uses a sigmoid variant instead):
+BiC's paper does not spell it out, and iCaRL's "LwF-MC" uses a sigmoid variant instead):
 one growing head, cross-entropy over every seen class plus ``lambda_o * L_old`` on the old
 classes' logits; no warm-up (``setting_defaults``).
 
