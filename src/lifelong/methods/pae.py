@@ -18,7 +18,7 @@ What PAE does, as pinned down from the sources (docs/methods/isolation.md, "PAE"
   (``pruning.py``, ``initial_sparsity -> target_sparsity``, ``pruning_frequency=10``); expansion
   multiplies the parameters (channels by the square root, ``train_softmax.py``).
 
-The loop is CPG's without picking (``cpg.CompactGrow``: goals, the grow loop ``train_until_goal``,
+The loop is CPG's without picking (``compact_grow.CompactGrow``: goals, the grow loop ``train_until_goal``,
 compacting and the ratio choice); only the finetune differs. The deviations of ``cpg.py`` (each a
 cpg.md section 9 pitfall) apply unchanged: a held-out validation split for goals and the ratio
 choice by default, freed weights zeroed at once, weight decay by hand on the task's own weights, no
@@ -33,7 +33,7 @@ from typing import Any
 from ..data.imageset import ImageSet
 from ..data.scenario import Task
 from ..engine.loop import EpochStats, TrainContext
-from .cpg import CompactGrow, CompactGrowConfig, finetune_optim
+from .compact_grow import CompactGrow, CompactGrowConfig, finetune_optim
 
 # Sources of the defaults: "PAE.sh" is ivclab/CPG experiment1/PAE_cifar100_scratch_mul_1.5.sh (branch
 # cpg_face); its values equal CPG's CIFAR script except where marked (cpg.md 4.2-4.8 for the rest).
