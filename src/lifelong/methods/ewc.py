@@ -44,7 +44,7 @@ from torch.func import functional_call, grad, vmap
 from ..data.scenario import Task
 from ..engine.loop import Batch, Phase, StepOutput, TrainContext
 from ..errors import ConfigError
-from ..nn.heads import IncrementalHead, MultiHead
+from ..nn.heads import head_for
 from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, check_choice, module_bytes, module_params
 from .finetune import CLASS_INCREMENTAL_SCHEDULE
 
@@ -107,7 +107,7 @@ class EWC(Method):
         config.validate()
         self.backbone = make_backbone()
         dim = self.backbone.out_dim
-        self.head: MultiHead | IncrementalHead = MultiHead(dim) if setting == "task" else IncrementalHead(dim)
+        self.head = head_for(setting, dim)
         self.fisher = nn.ModuleList()  # one ParamBuffers per task (online: one in all)
         self.anchor = nn.ModuleList()
         self.register_buffer("consolidated", torch.zeros((), dtype=torch.long))  # tasks whose Fisher is stored
@@ -131,7 +131,7 @@ class EWC(Method):
 
     def logits(self, x: torch.Tensor, task_id: int | None) -> torch.Tensor:
         feats = self.backbone(x)
-        return self.head(feats, task_id) if isinstance(self.head, MultiHead) else self.head(feats)
+        return self.head.logits(feats, task_id)
 
     def forward(self, x: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
         return self.logits(x, task_id)
@@ -205,7 +205,7 @@ class EWC(Method):
     def fit_task(self, task: Task, ctx: TrainContext) -> dict[str, Any]:
         cfg: EWCConfig = self.config
         tid = task.id if self.setting == "task" else None
-        current = self.head.heads[task.id] if isinstance(self.head, MultiHead) else self.head
+        current = self.head.trained(task.id)
         regularise = int(self.consolidated) > 0 and cfg.lam > 0
 
         def loss(b: Batch) -> StepOutput:
@@ -238,7 +238,7 @@ class EWC(Method):
         return self.logits(x, task_id if self.setting == "task" else None)
 
     def footprint(self) -> Footprint:
-        heads = list(self.head.heads if isinstance(self.head, MultiHead) else self.head.chunks)
+        heads = self.head.per_task()
         per_task = [module_bytes(h) for h in heads]
         if not self.config.online:  # each task's own Fisher and anchor
             per_task = [b + sum(t.numel() * t.element_size() for m in (self.fisher[i], self.anchor[i])

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..data.scenario import Task
 from ..engine.loop import Batch, Phase, StepOutput, TrainContext
-from ..nn.heads import IncrementalHead, MultiHead
+from ..nn.heads import head_for
 from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, module_bytes, module_params
 
 # Class-incremental schedule of the CIFAR papers (iCaRL/LUCIR as in manets.md 3.5): 160 epochs,
@@ -42,7 +42,7 @@ class Finetune(Method):
         super().__init__(config, setting, make_backbone)
         self.backbone = make_backbone()
         dim = self.backbone.out_dim
-        self.head: MultiHead | IncrementalHead = MultiHead(dim) if setting == "task" else IncrementalHead(dim)
+        self.head = head_for(setting, dim)
 
     def begin_task(self, meta: TaskMeta) -> None:
         super().begin_task(meta)
@@ -50,12 +50,12 @@ class Finetune(Method):
 
     def logits(self, x: torch.Tensor, task_id: int | None) -> torch.Tensor:
         feats = self.backbone(x)
-        return self.head(feats, task_id) if isinstance(self.head, MultiHead) else self.head(feats)
+        return self.head.logits(feats, task_id)
 
     def fit_task(self, task: Task, ctx: TrainContext) -> dict[str, Any]:
         cfg: FinetuneConfig = self.config
         tid = task.id if self.setting == "task" else None
-        current = self.head.heads[task.id] if isinstance(self.head, MultiHead) else self.head
+        current = self.head.trained(task.id)
 
         def loss(b: Batch) -> StepOutput:
             out = self.logits(b.x, tid)
@@ -69,6 +69,6 @@ class Finetune(Method):
         return self.logits(x, task_id if self.setting == "task" else None)
 
     def footprint(self) -> Footprint:
-        heads = self.head.heads if isinstance(self.head, MultiHead) else self.head.chunks
+        heads = self.head.per_task()
         return Footprint(module_params(self), module_bytes(self), [module_bytes(h) for h in heads],
                          "one shared backbone plus one head (chunk) per task, fp32")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..data.imageset import ImageSet
 from ..data.scenario import Task
 from ..engine.loop import Batch, Phase, StepOutput, TrainContext
-from ..nn.heads import IncrementalHead, MultiHead
+from ..nn.heads import MultiHead, head_for
 from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, module_bytes, module_params
 from .finetune import CLASS_INCREMENTAL_SCHEDULE
 
@@ -46,7 +46,7 @@ class Joint(Method):
     def _fresh(self) -> None:
         self.backbone = self.make_backbone()
         dim = self.backbone.out_dim
-        self.head: MultiHead | IncrementalHead = MultiHead(dim) if self.setting == "task" else IncrementalHead(dim)
+        self.head = head_for(self.setting, dim)
 
     def begin_task(self, meta: TaskMeta) -> None:
         super().begin_task(meta)
@@ -81,9 +81,9 @@ class Joint(Method):
 
     def predict(self, x: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
         feats = self.backbone(x)
-        return self.head(feats, task_id) if isinstance(self.head, MultiHead) else self.head(feats)
+        return self.head.logits(feats, task_id)
 
     def footprint(self) -> Footprint:
-        heads = self.head.heads if isinstance(self.head, MultiHead) else self.head.chunks
+        heads = self.head.per_task()
         return Footprint(module_params(self), module_bytes(self), [module_bytes(h) for h in heads],
                          "one network and all heads, fp32 (plus the whole training set, not counted)")

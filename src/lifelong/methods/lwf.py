@@ -38,7 +38,7 @@ from torch import nn
 
 from ..data.scenario import Task
 from ..engine.loop import Batch, Phase, StepOutput, TrainContext
-from ..nn.heads import IncrementalHead, MultiHead
+from ..nn.heads import MultiHead, head_for
 from . import distill
 from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, module_bytes, module_params
 from .finetune import CLASS_INCREMENTAL_SCHEDULE
@@ -66,7 +66,7 @@ class LwF(Method):
         config.validate()
         self.backbone = make_backbone()
         dim = self.backbone.out_dim
-        self.head: MultiHead | IncrementalHead = MultiHead(dim) if setting == "task" else IncrementalHead(dim)
+        self.head = head_for(setting, dim)
 
     def begin_task(self, meta: TaskMeta) -> None:
         super().begin_task(meta)
@@ -74,7 +74,7 @@ class LwF(Method):
 
     def logits(self, x: torch.Tensor, task_id: int | None) -> torch.Tensor:
         feats = self.backbone(x)
-        return self.head(feats, task_id) if isinstance(self.head, MultiHead) else self.head(feats)
+        return self.head.logits(feats, task_id)
 
     def teacher(self) -> nn.ModuleList:
         """A frozen copy of the network as it is now (before the new task trains): eval mode, no grads."""
@@ -143,7 +143,7 @@ class LwF(Method):
         return self.logits(x, task_id if self.setting == "task" else None)
 
     def footprint(self) -> Footprint:
-        heads = self.head.heads if isinstance(self.head, MultiHead) else self.head.chunks
+        heads = self.head.per_task()
         return Footprint(module_params(self), module_bytes(self), [module_bytes(h) for h in heads],
                          "shared backbone + heads fp32; the previous network, a frozen copy while a task trains, "
                          "is never stored (it is the network at the task's start)")

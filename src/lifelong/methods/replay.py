@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..data.imageset import ImageSet
 from ..data.scenario import Task
 from ..engine.loop import Batch, Phase, StepOutput, TrainContext
-from ..nn.heads import IncrementalHead, MultiHead
+from ..nn.heads import MultiHead, head_for
 from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, check_choice
 from .finetune import CLASS_INCREMENTAL_SCHEDULE
 from .memory import (SELECTIONS, Budget, ExemplarMemory, add_exemplars, first_per_class, replay_footprint,
@@ -71,7 +71,7 @@ class Replay(Method):
         config.validate()
         self.backbone = make_backbone()
         dim = self.backbone.out_dim
-        self.head: MultiHead | IncrementalHead = MultiHead(dim) if setting == "task" else IncrementalHead(dim)
+        self.head = head_for(setting, dim)
         # Exemplars keyed by global class id (task setting: position in the stream's classes).
         self.memory = ExemplarMemory()
         # Training images the reservoir has seen (Algorithm R's stream position), kept for --resume.
@@ -90,7 +90,7 @@ class Replay(Method):
 
     def logits(self, x: torch.Tensor, task_id: int | None) -> torch.Tensor:
         feats = self.backbone(x)
-        return self.head(feats, task_id) if isinstance(self.head, MultiHead) else self.head(feats)
+        return self.head.logits(feats, task_id)
 
     # ------------------------------------------------------------------ label spaces
     def class_base(self, task_id: int) -> int:
@@ -167,6 +167,6 @@ class Replay(Method):
         return len(self.memory)
 
     def footprint(self) -> Footprint:
-        heads = list(self.head.heads if isinstance(self.head, MultiHead) else self.head.chunks)
+        heads = self.head.per_task()
         return replay_footprint([self.backbone, self.head], [self.memory], heads,
                                 "shared backbone + heads fp32, exemplars as uint8 images + int64 labels")

@@ -37,7 +37,7 @@ from torch import nn
 from ..data.scenario import Task
 from ..engine.loop import Batch, Phase, StepOutput, TrainContext
 from ..errors import ConfigError
-from ..nn.heads import IncrementalHead, MultiHead
+from ..nn.heads import head_for
 from .base import BackboneFactory, Footprint, Method, TaskMeta, TrainHParams, module_bytes, module_params
 from .ewc import ParamBuffers
 from .finetune import CLASS_INCREMENTAL_SCHEDULE
@@ -69,7 +69,7 @@ class SI(Method):
         config.validate()
         self.backbone = make_backbone()
         dim = self.backbone.out_dim
-        self.head: MultiHead | IncrementalHead = MultiHead(dim) if setting == "task" else IncrementalHead(dim)
+        self.head = head_for(setting, dim)
         self.omega = ParamBuffers()  # Omega, the consolidated importance
         self.anchor = ParamBuffers()  # theta~, the parameters at the end of the last task
         self.register_buffer("consolidated", torch.zeros((), dtype=torch.long))
@@ -96,7 +96,7 @@ class SI(Method):
 
     def logits(self, x: torch.Tensor, task_id: int | None) -> torch.Tensor:
         feats = self.backbone(x)
-        return self.head(feats, task_id) if isinstance(self.head, MultiHead) else self.head(feats)
+        return self.head.logits(feats, task_id)
 
     # ------------------------------------------------------------------ the surrogate loss
     def penalty(self) -> torch.Tensor:
@@ -159,7 +159,7 @@ class SI(Method):
     def fit_task(self, task: Task, ctx: TrainContext) -> dict[str, Any]:
         cfg: SIConfig = self.config
         tid = task.id if self.setting == "task" else None
-        current = self.head.heads[task.id] if isinstance(self.head, MultiHead) else self.head
+        current = self.head.trained(task.id)
         regularise = int(self.consolidated) > 0 and cfg.c > 0
 
         def loss(b: Batch) -> StepOutput:
@@ -177,7 +177,7 @@ class SI(Method):
         return self.logits(x, task_id if self.setting == "task" else None)
 
     def footprint(self) -> Footprint:
-        heads = self.head.heads if isinstance(self.head, MultiHead) else self.head.chunks
+        heads = self.head.per_task()
         return Footprint(module_params(self), module_bytes(self), [module_bytes(h) for h in heads],
                          "network + heads fp32, plus Omega and the anchor over the shared parameters (fp32 "
                          "buffers); while a task trains, 4 more transient copies (start, omega, gradient, "

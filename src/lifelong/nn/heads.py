@@ -27,6 +27,16 @@ class MultiHead(nn.Module):
     def forward(self, features: torch.Tensor, task_id: int) -> torch.Tensor:
         return self.heads[task_id](features)
 
+    def logits(self, features: torch.Tensor, task_id: int | None) -> torch.Tensor:
+        return self.heads[task_id](features)  # type: ignore[index]
+
+    def trained(self, task_id: int) -> nn.Module:
+        """The part a task trains: its own head."""
+        return self.heads[task_id]
+
+    def per_task(self) -> list[nn.Module]:
+        return list(self.heads)
+
     def forward_mixed(self, features: torch.Tensor, task_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of a batch whose samples come from several tasks (joint training)."""
         loss = features.new_zeros(())
@@ -55,3 +65,18 @@ class IncrementalHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.cat([c(features) for c in self.chunks], dim=1)
+
+    def logits(self, features: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
+        return self(features)  # one label space: no task id
+
+    def trained(self, task_id: int) -> nn.Module:
+        """The part a step trains: the whole growing head."""
+        return self
+
+    def per_task(self) -> list[nn.Module]:
+        return list(self.chunks)
+
+
+def head_for(setting: str, in_dim: int) -> MultiHead | IncrementalHead:
+    """A head per task (task setting) or one growing head (class setting)."""
+    return MultiHead(in_dim) if setting == "task" else IncrementalHead(in_dim)
