@@ -39,3 +39,13 @@ def best_of(fn: Callable[[], int], repeats: int = 3) -> float:
 
 def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def lifelong_cmd(args: list[str], nproc: int = 1) -> list[str]:
+    """``lifelong ARGS`` in one process, or under torchrun with ``nproc`` local gloo/NCCL processes."""
+    import sys
+
+    if nproc == 1:
+        return [sys.executable, "-m", "lifelong", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "lifelong", *args]

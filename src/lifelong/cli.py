@@ -148,8 +148,11 @@ def cmd_run(a: argparse.Namespace) -> int:
     say = (lambda s: None) if a.quiet else print
     _image_progress(a)
     result = run_job(cfg, Path(a.out) if a.out else None, resume=a.resume, echo=say, progress=not a.quiet, log=a.log)
-    print(accuracy_table(result.metrics))
-    print(f"run folder: {result.run_dir}")
+    from .engine.distributed import launched_rank
+
+    if launched_rank() == 0:  # under torchrun the other ranks say nothing
+        print(accuracy_table(result.metrics))
+        print(f"run folder: {result.run_dir}")
     return 0
 
 
@@ -190,11 +193,11 @@ def _run_plan(a: argparse.Namespace, flags: dict, seeds: list[int] | None) -> in
                   dict(flags, seed=seeds[0] if seeds else flags["seed"]))
     if a.dry_run:
         return _dry_run(cfg, a, seeds)
-    from .engine.runner import default_out
+    from .engine.runner import shared_out
     from .engine.seeds import run_seeds
     from .report.compare import format_groups, group_runs, load_runs
 
-    out = Path(a.out) if a.out else default_out(cfg)
+    out = Path(a.out) if a.out else shared_out(cfg)
     _image_progress(a)
     say = (lambda s: None) if a.quiet else print
     try:
@@ -203,8 +206,11 @@ def _run_plan(a: argparse.Namespace, flags: dict, seeds: list[int] | None) -> in
         print(f"error: interrupted; finished tasks are checkpointed under {out}; run the same command again "
               f"(with --out {out}) to continue every unfinished seed", file=sys.stderr)
         return 130
-    print(format_groups(group_runs(load_runs(folders)), "table"))
-    print(f"run folders: {', '.join(str(f) for f in folders)}")
+    from .engine.distributed import launched_rank
+
+    if launched_rank() == 0:
+        print(format_groups(group_runs(load_runs(folders)), "table"))
+        print(f"run folders: {', '.join(str(f) for f in folders)}")
     return 0
 
 
@@ -229,7 +235,7 @@ def _dry_run(cfg, a: argparse.Namespace, seeds: list[int] | None) -> int:
     return 0
 
 
-_MAY_CHANGE_ON_RESUME = {"device", "precision", "data_root", "out"}
+_MAY_CHANGE_ON_RESUME = {"device", "precision", "data_root", "out", "world_size", "backend"}
 
 
 def _check_resume_flags(a: argparse.Namespace, flags: dict) -> None:

@@ -57,6 +57,9 @@ class RunConfig:
     device: str = "auto"
     precision: str = "32"
     keep: str = "all"  # checkpoints: "all" or "last"
+    sync_bn: bool = True  # under torchrun: BatchNorm over the global batch, as one process (docs/scaling.md)
+    world_size: int = 1  # recorded, not chosen: the processes torchrun started (set by the runner)
+    backend: str | None = None  # recorded: the process group's backend (gloo, nccl), None in one process
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     benchmark_options: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     hparams: Any = None  # the method's Config dataclass

@@ -23,6 +23,10 @@ class CheckpointError(LifelongError):
     """A run folder or checkpoint that is missing, foreign or damaged."""
 
 
+class DistributedError(LifelongError):
+    """A multi-process (torchrun) run whose processes do not agree."""
+
+
 class Interrupted(Exception):
     """Ctrl-C during a run: carries the run folder so the message can say how to continue."""
 

@@ -39,16 +39,19 @@ def evaluate(method: Method, scenario: Scenario, upto: int, ctx: TrainContext, b
     for task in scenario.tasks[: upto + 1]:
         tid = None if class_setting else task.id
         main, top5, variants = [], [], {}
-        for b in ctx.iterate(task.test, batch_size, train=False, mean=task.mean, std=task.std):
+        # under torchrun: this rank's shard of the test set, the hits gathered back (identical everywhere)
+        for b in ctx.iterate(ctx.shard(task.test), batch_size, train=False, mean=task.mean, std=task.std):
             logits = method.predict(b.x, tid).float()
             main.append((logits.argmax(1) == b.y).cpu())
             top5.append(_topk(logits, b.y, 5).cpu())
             for name, out in method.predict_variants(b.x, tid).items():
                 variants.setdefault(name, []).append((out.float().argmax(1) == b.y).cpu())
-        hits["main"].append(torch.cat(main) if main else torch.zeros(0, dtype=torch.bool))
-        hits5.append(torch.cat(top5) if top5 else torch.zeros(0, dtype=torch.bool))
+        n = len(task.test)
+        gathered = lambda parts: ctx.gather(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool), n)
+        hits["main"].append(gathered(main))
+        hits5.append(gathered(top5))
         for name, parts in variants.items():
-            hits.setdefault(name, []).append(torch.cat(parts))
+            hits.setdefault(name, []).append(gathered(parts))
     acc = lambda h: h.float().mean().item() if len(h) else float("nan")
     row = Row([acc(h) for h in hits["main"]], [acc(h) for h in hits5],
               acc(torch.cat(hits["main"])), acc(torch.cat(hits5)))
@@ -66,4 +69,5 @@ def probe_outputs(method: Method, scenario: Scenario, task_id: int, ctx: TrainCo
     task = scenario.tasks[task_id]
     probe = task.test.subset(torch.arange(min(n, len(task.test))))
     tid = None if scenario.setting == "class" else task_id
-    return ctx.outputs(lambda x: method.predict(x, tid), probe, batch_size=n, mean=task.mean, std=task.std)
+    # every rank computes the whole probe as one batch: the fingerprint does not depend on the world size
+    return ctx.outputs(lambda x: method.predict(x, tid), probe, batch_size=n, mean=task.mean, std=task.std, shard=False)

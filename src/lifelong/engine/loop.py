@@ -18,6 +18,11 @@ phase's gradients uncleared (they accumulate, AANets' official alpha quirk) and
 ``grad_only_params`` back-propagates into the phase's own parameters only.
 
 The loop never calls ``.item()`` inside an epoch (no device sync per step).
+
+Under torchrun (``engine.distributed``) each rank computes a contiguous shard of every batch, its
+loss weighted by its share, and the gradients of every touched leaf are summed over ranks before
+the hooks and the optimiser step; BatchNorm uses the global batch's statistics
+(``nn.sync_batchnorm``); ``outputs`` and ``accuracy`` shard the set and gather the rows back.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import torch
 from ..data import augment
 from ..data.augment import AugmentSpec
 from ..data.imageset import ImageSet
+from ..nn.sync_batchnorm import replicas, sync_batchnorm
+from .distributed import World, grad_leaves, reduce_gradients, snapshot_grads
 from .optim import OptimConfig, Schedule, build_optimizer
 
 
@@ -40,6 +47,7 @@ class Batch:
     y: torch.Tensor  # labels on the device
     task: torch.Tensor | None  # per-sample task ids on the device (joint multi-task data), else None
     index: torch.Tensor  # positions in the phase's ImageSet (CPU), e.g. to look up stored targets
+    rows: int = 0  # rows of the whole batch this one is a rank's shard of (0: this batch is whole)
 
 
 @dataclass
@@ -100,6 +108,7 @@ class _Run:
     optimizers: list[torch.optim.Optimizer]
     scaler: Any
     inputs: list[torch.Tensor] | None  # grad_only_params: the tensors backward accumulates into
+    leaves: list[torch.Tensor]  # several ranks: every tensor a backward may give a gradient, summed over ranks
 
 
 def batch_indices(n: int, batch_size: int, shuffle: bool, gen: torch.Generator | None) -> list[torch.Tensor]:
@@ -117,8 +126,12 @@ class TrainContext:
 
     def __init__(self, device: torch.device, augment_spec: AugmentSpec, seed: int = 0, precision: str = "32",
                  epoch_log: Callable[[dict], None] | None = None, progress: bool = False,
-                 num_tasks: int | None = None, num_classes: int | None = None) -> None:
+                 num_tasks: int | None = None, num_classes: int | None = None, world: World | None = None,
+                 sync_bn: bool = True) -> None:
         self.device = device
+        self.world = world or World()
+        self.sync_bn = sync_bn  # several ranks: BatchNorm over the global batch (docs/scaling.md)
+        self.model: torch.nn.Module | None = None  # the method being trained (set by the runner)
         self.augment_spec = augment_spec
         self.seed = seed
         self.precision = precision
@@ -151,34 +164,64 @@ class TrainContext:
         return torch.autocast(self.device.type, enabled=False)
 
     def iterate(self, data: ImageSet, batch_size: int, train: bool, gen: torch.Generator | None = None,
-                mean=None, std=None, do_augment: bool = True, shuffle: bool | None = None) -> Iterator[Batch]:
-        """Batches of device tensors; augmented when ``train`` (needs ``gen``), else test-transformed."""
+                mean=None, std=None, do_augment: bool = True, shuffle: bool | None = None,
+                shard: bool = False) -> Iterator[Batch]:
+        """Batches of device tensors; augmented when ``train`` (needs ``gen``), else test-transformed.
+        ``shard``: this rank's part of each batch (the training loop under torchrun)."""
         mean = mean or self.task_mean
         std = std or self.task_std
         non_blocking = self.device.type == "cuda"
         tasks = data.tasks
+        world = self.world if shard else World()
         for idx in batch_indices(len(data), batch_size, shuffle=train if shuffle is None else shuffle, gen=gen):
+            rows = len(idx)
+            start, stop = world.part(rows)
+            idx = idx[start:stop]
             x = data.batch_images(idx)
             if non_blocking:
                 x = x.pin_memory()
             x = x.to(self.device, non_blocking=non_blocking)
             if train and do_augment:
-                x = augment.train_batch(x, self.augment_spec, gen, mean, std)  # type: ignore[arg-type]
+                part = (rows, start, stop) if world.active else None
+                x = augment.train_batch(x, self.augment_spec, gen, mean, std, part)  # type: ignore[arg-type]
             else:
                 x = augment.eval_batch(x, self.augment_spec, mean, std)
             y = data.labels[idx].to(self.device, non_blocking=non_blocking)
             t = None if tasks is None else tasks[idx].to(self.device, non_blocking=non_blocking)
-            yield Batch(x, y, t, idx)
+            yield Batch(x, y, t, idx, rows if world.active else 0)
+
+    def shard(self, data: ImageSet) -> ImageSet:
+        """This rank's contiguous part of ``data`` (all of it in one process); ``gather`` undoes it."""
+        start, stop = self.world.part(len(data))
+        return data if (start, stop) == (0, len(data)) else data.subset(torch.arange(start, stop))
+
+    def gather(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        """Rows computed on ``shard(data)`` (``n = len(data)``) -> the whole set's rows, on every rank."""
+        return self.world.gather(local, n)
+
+    @torch.no_grad()
+    def batch_mean(self, value: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """A mean over this rank's shard of ``batch`` -> the mean over the whole batch, on every rank
+        (a statistic a loss computes from its batch, e.g. LASEM's E-step likelihood); unchanged in one process."""
+        if not self.world.active or not batch.rows:
+            return value
+        total = value.detach() * self.world.weight(batch.rows)
+        self.world.sum_([total])
+        return total
 
     @torch.no_grad()
     def outputs(self, fn: Callable[[torch.Tensor], torch.Tensor], data: ImageSet, batch_size: int = 256,
-                mean=None, std=None) -> torch.Tensor:
-        """``fn`` (e.g. logits for one task, or features) over a whole set, test-transformed, on the CPU."""
+                mean=None, std=None, shard: bool = True) -> torch.Tensor:
+        """``fn`` (e.g. logits for one task, or features) over a whole set, test-transformed, on the CPU.
+        Under torchrun each rank computes its shard and every rank gets all rows (``shard=False``:
+        every rank computes all of them, e.g. the fixed-batch probes of unforgetting)."""
+        part = self.shard(data) if shard else data
         outs = []
         with self._autocast():
-            for b in self.iterate(data, batch_size, train=False, mean=mean, std=std):
+            for b in self.iterate(part, batch_size, train=False, mean=mean, std=std):
                 outs.append(fn(b.x).float().cpu())
-        return torch.cat(outs) if outs else torch.zeros(0)
+        local = torch.cat(outs) if outs else torch.zeros(0)
+        return self.gather(local, len(data)) if shard and len(data) else local
 
     def accuracy(self, fn: Callable[[torch.Tensor], torch.Tensor], data: ImageSet, mean=None, std=None) -> float:
         if len(data) == 0:
@@ -195,6 +238,8 @@ class TrainContext:
         history: list[EpochStats] = []
         if phase.epochs <= 0 or len(phase.data) == 0:
             return history
+        if self.world.active and self.sync_bn and self.model is not None:
+            sync_batchnorm(self.model)  # again each phase: a method may have grown its networks
         run = self._start(phase, gen)
         sub = None
         if phase.interleave is not None and phase.interleave.epochs > 0 and len(phase.interleave.data):
@@ -217,8 +262,13 @@ class TrainContext:
                  for opt, cfg in ((build_optimizer(list(p), c), c) for p, c in phase.extra_optims)]
         optimizers = [optimizer] + [opt for opt, _ in extra]
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and self.precision == "16")
-        inputs = [p for opt in optimizers for g in opt.param_groups for p in g["params"]] if phase.grad_only_params else None
-        return _Run(phase, gen, optimizer, schedule, extra, optimizers, scaler, inputs)
+        owned = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
+        inputs = owned if phase.grad_only_params else None
+        leaves: list[torch.Tensor] = []
+        if self.world.active:
+            others = [] if inputs is not None or self.model is None else list(self.model.parameters())
+            leaves = grad_leaves(owned + others)
+        return _Run(phase, gen, optimizer, schedule, extra, optimizers, scaler, inputs, leaves)
 
     def _epoch(self, run: _Run, epoch: int) -> tuple[EpochStats, bool | None, bool]:
         """One epoch of ``run.phase``: steps, statistics, logging, its hooks and its schedule step."""
@@ -230,24 +280,31 @@ class TrainContext:
             for m in phase.modules:
                 m.train()
         start = time.perf_counter()
+        world = self.world
         loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        counted = 0
+        correct = torch.zeros((), device=self.device)
+        seen = torch.zeros((), dtype=torch.float64)  # rows, counted once over ranks (summed at the end)
+        counted = torch.zeros((), dtype=torch.float64)
         batches = self.iterate(phase.data, phase.batch_size, True, gen, phase.mean, phase.std, phase.augment,
-                               phase.shuffle)
+                               phase.shuffle, shard=True)
         bar = self._bar(phase, epoch)
         for batch in batches:
             if phase.zero_grad:
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
-            if amp:
-                with self._autocast():
+            n = len(batch.y)
+            share = world.weight(batch.rows) if world.active else 1.0  # this rank's part of the batch's mean
+            before = snapshot_grads(run.leaves) if world.active else []
+            with replicas(world.size if world.active and batch.rows < world.size else 1):
+                if amp:
+                    with self._autocast():
+                        out = phase.loss(batch)
+                else:
                     out = phase.loss(batch)
-            else:
-                out = phase.loss(batch)
+            loss = out.loss if share == 1.0 else out.loss * share
             if scaler.is_enabled():
-                scaler.scale(out.loss).backward(inputs=run.inputs)
+                scaler.scale(loss).backward(inputs=run.inputs)
+                reduce_gradients(world, run.leaves, before)
                 for opt in optimizers:
                     scaler.unscale_(opt)  # hooks see true gradients
                 if phase.after_backward is not None:
@@ -256,29 +313,33 @@ class TrainContext:
                     scaler.step(opt)
                 scaler.update()
             else:  # the plain path: no scaler bookkeeping per step
-                out.loss.backward(inputs=run.inputs)
+                loss.backward(inputs=run.inputs)
+                reduce_gradients(world, run.leaves, before)
                 if phase.after_backward is not None:
                     phase.after_backward()
                 for opt in optimizers:
                     opt.step()
             if phase.after_step is not None:
                 phase.after_step()
-            n = len(batch.y)
-            loss_sum += out.loss.detach() * n
+            rows = n / world.size if world.active and batch.rows < world.size else n  # a replica counts 1/size
+            loss_sum += out.loss.detach() * rows
             if out.logits is not None:
-                correct += (out.logits.detach().argmax(1) == batch.y).sum()
-                counted += n
-            seen += n
+                correct += (out.logits.detach().argmax(1) == batch.y).sum() * (rows / n)
+                counted += rows
+            seen += rows
             if bar is not None:
                 bar.update(n)
                 steps = bar.n // max(1, phase.batch_size)
                 if steps % 10 == 1:  # a device sync only every 10 steps, and only with a bar shown
                     bar.set_postfix(loss=f"{(loss_sum / seen).item():.4f}",
                                     acc="-" if not counted else f"{correct.item() / counted:.3f}")
+        totals = torch.stack([loss_sum.double().cpu(), correct.double().cpu(), seen, counted])
+        world.sum_([totals])  # several ranks: the epoch's figures over the whole data
+        loss_total, correct_total, seen_total, counted_total = totals.tolist()
         seconds = time.perf_counter() - start
-        loss = (loss_sum / max(1, seen)).item()
-        stats = EpochStats(phase.name, epoch + 1, loss, (correct.item() / counted) if counted else None,
-                           optimizer.param_groups[0]["lr"], seconds, seen / max(seconds, 1e-9))
+        loss = loss_total / max(1.0, seen_total)
+        stats = EpochStats(phase.name, epoch + 1, loss, (correct_total / counted_total) if counted_total else None,
+                           optimizer.param_groups[0]["lr"], seconds, seen_total / max(seconds, 1e-9))
         if bar is not None:
             bar.set_postfix(loss=f"{loss:.4f}", acc="-" if stats.accuracy is None else f"{stats.accuracy:.3f}",
                             img_s=f"{stats.samples_per_s:.0f}")

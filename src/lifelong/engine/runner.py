@@ -20,13 +20,14 @@ from ..data.benchmarks import build_scenario
 from ..data.scenario import Scenario
 from ..data.spec import scenario_spec
 from ..data.taskfolder import learned_task
-from ..errors import CheckpointError, ConfigError, Interrupted
+from ..errors import CheckpointError, ConfigError, DistributedError, Interrupted
 from ..methods.base import Method, TaskMeta
 from ..methods.registry import method_class
 from ..nn.backbones import build_backbone
 from . import metrics as M
 from .checkpoint import rng_state, set_rng_state
 from .device import check_precision, pick_device, seed_everything
+from .distributed import World, init_world, state_fingerprints
 from .evaluate import Row, evaluate, probe_outputs
 from .loop import TrainContext
 from .rundir import RunDir
@@ -177,6 +178,7 @@ def metrics_json(cfg: RunConfig, scenario: Scenario, rec: _Record, method: Metho
         "growth": {k: [g[k] for g in rec.growth] for k in ("parameters", "bytes", "memory")},
         "time_s": rec.times,
         "tasks_completed": len(R),
+        "distributed": {"world_size": cfg.world_size, "backend": cfg.backend},
     }
     if cfg.setting == "class":
         out["average_incremental_top5"] = M.average_incremental_accuracy(rec.seen_top5)
@@ -228,6 +230,8 @@ def _train_tasks(cfg: RunConfig, scenario: Scenario, method: Method, ctx: TrainC
                 rec.unforgetting = ok if rec.unforgetting is None else (rec.unforgetting and ok)
             rec.probes.append(probe_outputs(method, scenario, i, ctx))
             info["served_equals_trained"] = served_equals_trained(method, task, ctx, info)
+        if ctx.world.active:
+            _check_ranks_agree(ctx.world, method, row, i)
         decided = method.task_summary(info)
         size = method.footprint()
         rec.add(row, info, seconds, decided, {"parameters": size.parameters, "bytes": size.bytes, "memory": method.memory_size()})
@@ -249,6 +253,24 @@ def _train_tasks(cfg: RunConfig, scenario: Scenario, method: Method, ctx: TrainC
             break
 
 
+def _check_ranks_agree(world: World, method: Method, row: Row, task_index: int) -> None:
+    """Every rank must hold the same state and accuracies after a task; then all continue from rank 0's
+    RNG states (a rank's shard may have drawn a different count of global random numbers, e.g. dropout)."""
+    differ = world.disagreeing(state_fingerprints({**method.state_dict(), "(structure)": method.structure(),
+                                                   "(accuracy)": [row.top1, row.seen_top1]}))
+    if differ:
+        raise DistributedError(f"the {world.size} processes disagree after task {task_index + 1} on "
+                               f"{', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}: a bug in how the method "
+                               f"shares its data over ranks; run it in one process")
+    set_rng_state(world.broadcast_object(rng_state()))
+
+
+def shared_out(cfg: RunConfig) -> Path:
+    """The default run folder, named once by rank 0 under torchrun (the ranks' clocks may straddle a second)."""
+    world = init_world(cfg.device)
+    return Path(world.broadcast_object(str(default_out(cfg)) if world.main else None))
+
+
 def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo: Callable[[str], None] | None = None,
             progress: bool = False, stop_after: int | None = None, log: str | None = None) -> Result:
     """Train ``cfg.method`` on every task of ``cfg.benchmark``; see the README's "Output folder".
@@ -261,7 +283,9 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
         from .tblog import require_tensorboard
 
         require_tensorboard()  # before anything trains or is written
-    say = echo or (lambda s: None)
+    world = init_world(cfg.device)  # torchrun: join the process group (one process: nothing)
+    say = (echo if world.main else None) or (lambda s: None)
+    progress = progress and world.main
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out DIR, the run folder to continue")
@@ -274,13 +298,18 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
         saved.data_root = cfg.data_root or saved.data_root  # ... and where the data now lives
         cfg = saved
     else:
-        out = Path(out) if out else default_out(cfg)
+        out = Path(out) if out else shared_out(cfg)
         if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()) or (out / "metrics.json").exists():
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         rundir = RunDir(out)
         ckpt = None
     cfg.out = str(out)
+    cfg.world_size, cfg.backend = world.size, world.backend
+    rundir.writable = world.main  # only rank 0 writes the folder and the checkpoints
     device = pick_device(cfg.device)
+    if world.active and device.type == "cuda":  # one GPU per process: torchrun's LOCAL_RANK
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
     check_precision(cfg.precision, device)
     seed_everything(cfg.seed)
     scenario = scenario_for(cfg, ckpt["record"].get("learned") if ckpt is not None else None)
@@ -298,7 +327,8 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
             log_rows.append(row)
             tb.epoch(len(log_rows), row)  # the step: the epoch's row in log.csv, continued on resume
     ctx = TrainContext(device, scenario.augment, cfg.seed, cfg.precision, epoch_log, progress, len(scenario),
-                       scenario.num_classes)
+                       scenario.num_classes, world, cfg.sync_bn)
+    ctx.model = method
     rec = _Record(len(scenario))
     start = 0
     if ckpt is not None:

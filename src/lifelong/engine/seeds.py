@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import RunConfig
+from .distributed import launched_rank
 from ..errors import ConfigError
 
-_MAY_DIFFER = {"out", "device", "precision", "data_root"}
+_MAY_DIFFER = {"out", "device", "precision", "data_root", "world_size", "backend"}
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -99,7 +100,7 @@ def run_seeds(cfg: RunConfig, seeds: list[int], out: Path, echo: Callable[[str],
         st = state(folder)
         if st != "new":
             check_same(c, folder)
-        elif folder.is_dir():
+        elif folder.is_dir() and launched_rank() == 0:
             from .rundir import RunDir
 
             RunDir(folder).create()  # a kill mid-write before the first checkpoint leaves only temp files: drop them

@@ -26,7 +26,7 @@ LASEMG (``lasemg-*``): layers in consecutive groups (``--set groups=[2,2]``) swi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Callable, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -123,15 +123,19 @@ class LASEM(SearchedTransfer):
             shares = self._shares = torch.tensor(rows, dtype=gamma.dtype, device=gamma.device)
         return gamma @ shares
 
-    def em_loss(self, x: torch.Tensor, y: torch.Tensor, t: int) -> tuple[StepOutput, torch.Tensor]:
-        """E-step, prior update and the M-step loss for one minibatch; returns (step output, gamma)."""
+    def em_loss(self, x: torch.Tensor, y: torch.Tensor, t: int,
+                over_batch: Callable[[torch.Tensor], torch.Tensor] = lambda v: v) -> tuple[StepOutput, torch.Tensor]:
+        """E-step, prior update and the M-step loss for one minibatch; returns (step output, gamma).
+        ``over_batch``: a mean over a rank's shard -> the mean over the whole batch (``ctx.batch_mean``),
+        so every rank takes the same posterior under torchrun."""
         if self._epoch_started and self.config.reset_prior:
             self.reset_prior()
         self._epoch_started = False
         feats = self.net.tree(x, t, self.groups)  # (C, N, D)
         C, N = feats.shape[:2]
         with torch.no_grad():
-            likelihood = mean_true_class_probability(self.net.head(t, feats.flatten(0, 1), dropout=False).view(C, N, -1), y)
+            likelihood = over_batch(mean_true_class_probability(
+                self.net.head(t, feats.flatten(0, 1), dropout=False).view(C, N, -1), y))
             gamma = posterior(self.prior, likelihood)
             self.update_prior(gamma)
         logits = self.net.head(t, feats.flatten(0, 1)).view(C, N, -1)
@@ -153,7 +157,7 @@ class LASEM(SearchedTransfer):
             self._epoch_started = True
 
         params = self.net.shared_parameters() + self.net.task_parameters(t)
-        info = fit_lasem_phase(self, ctx, task, params, lambda b: self.em_loss(b.x, b.y, t)[0],
+        info = fit_lasem_phase(self, ctx, task, params, lambda b: self.em_loss(b.x, b.y, t, lambda v: ctx.batch_mean(v, b))[0],
                                lambda x: self.predict(x, t), self.config, after_epoch)
         index = int(self.prior.argmax())
         prior = [round(v, 6) for v in self.prior.tolist()]
