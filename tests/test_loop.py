@@ -78,3 +78,42 @@ def test_same_seed_same_batches() -> None:
         ctx.fit(Phase("p", _data(), net.parameters(), 1, OptimConfig(), loss, 16, modules=[net]))
         seen.append(order)
     assert seen[0] == seen[1] and sorted(sum(seen[0], [])) == list(range(64))
+
+
+def _train_conv(prefetch: bool, channels_last: bool) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    ctx = TrainContext(torch.device("cpu"), AugmentSpec(size=4, crop_padding=1, flip=True, mean=(0.5,) * 3,
+                                                        std=(0.5,) * 3), seed=2, channels_last=channels_last)
+    ctx.model = net
+    ctx.prefetch = prefetch
+    order: list[list[int]] = []
+    formats: list[bool] = []
+
+    def loss(b: Batch) -> StepOutput:
+        order.append(b.index.tolist())
+        formats.append(b.x.is_contiguous(memory_format=torch.channels_last))
+        return StepOutput(F.cross_entropy(net(b.x), b.y))
+
+    g = torch.Generator().manual_seed(0)
+    data = ImageSet(torch.randint(0, 256, (64, 3, 4, 4), dtype=torch.uint8, generator=g),
+                    torch.randint(0, 3, (64,), generator=g))
+    ctx.fit(Phase("p", data, net.parameters(), 2, OptimConfig(lr=0.1), loss, 10, modules=[net]))
+    assert all(formats) == channels_last and any(formats) == channels_last
+    return order, {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def test_prefetching_loads_the_same_batches_and_trains_the_same_weights() -> None:
+    order, state = _train_conv(prefetch=False, channels_last=False)
+    order_p, state_p = _train_conv(prefetch=True, channels_last=False)
+    assert order == order_p and len(order) == 14  # 64 rows in batches of 10, 2 epochs
+    assert all(torch.equal(state[k], state_p[k]) for k in state)
+
+
+def test_channels_last_feeds_nhwc_batches_and_trains_the_same_network_to_float_precision() -> None:
+    order, state = _train_conv(prefetch=False, channels_last=False)
+    order_c, state_c = _train_conv(prefetch=False, channels_last=True)
+    assert order == order_c
+    for k in state:
+        torch.testing.assert_close(state_c[k].contiguous(), state[k], rtol=1e-4, atol=1e-5)

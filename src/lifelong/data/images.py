@@ -129,7 +129,15 @@ def _cache_key(files: list[Path], size: int) -> str:
 
 def decode_cached(files: list[Path], size: int, cache_dir: Path | None = None, workers: int = 8) -> np.ndarray:
     """All ``files`` as one (N, 3, size, size) uint8 array, memory-mapped from the cache; the first
-    decode shows a progress bar on a terminal (``show_progress``)."""
+    decode shows a progress bar on a terminal (``show_progress``). Under torchrun rank 0 decodes and
+    the other ranks then read its cache entry, instead of every rank decoding the same files."""
+    from ..engine.distributed import rank_zero_first
+
+    with rank_zero_first():
+        return _decode_cached(files, size, cache_dir, workers)
+
+
+def _decode_cached(files: list[Path], size: int, cache_dir: Path | None, workers: int) -> np.ndarray:
     cache_dir = Path(cache_dir or default_cache_dir())
     path = cache_dir / f"images-{_cache_key(files, size)}.npy"
     if _DRY:

@@ -22,10 +22,11 @@ without those constraints, one flat collective per step.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -133,6 +134,18 @@ def init_world(device_spec: str = "auto") -> World:
         cuda = device_spec.startswith("cuda") or (device_spec == "auto" and torch.cuda.is_available())
         dist.init_process_group("nccl" if cuda else "gloo")
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_backend())
+
+
+@contextlib.contextmanager
+def rank_zero_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. builds a cache entry), then the other ranks (which find it);
+    a plain block outside a process group."""
+    group = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if group and dist.get_rank() != 0:
+        dist.barrier()
+    yield
+    if group and dist.get_rank() == 0:
+        dist.barrier()
 
 
 def launched_rank() -> int:

@@ -28,6 +28,7 @@ the hooks and the optimiser step; BatchNorm uses the global batch's statistics
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -127,8 +128,12 @@ class TrainContext:
     def __init__(self, device: torch.device, augment_spec: AugmentSpec, seed: int = 0, precision: str = "32",
                  epoch_log: Callable[[dict], None] | None = None, progress: bool = False,
                  num_tasks: int | None = None, num_classes: int | None = None, world: World | None = None,
-                 sync_bn: bool = True) -> None:
+                 sync_bn: bool = True, channels_last: bool = False) -> None:
         self.device = device
+        self.channels_last = channels_last  # NHWC networks and inputs (faster convolutions on tensor cores)
+        # load (and pin) the next batch in a thread while the device computes this one; on the CPU the
+        # decoding would only compete with the computation for the same cores
+        self.prefetch = device.type == "cuda"
         self.world = world or World()
         self.sync_bn = sync_bn  # several ranks: BatchNorm over the global batch (docs/scaling.md)
         self.model: torch.nn.Module | None = None  # the method being trained (set by the runner)
@@ -173,22 +178,40 @@ class TrainContext:
         non_blocking = self.device.type == "cuda"
         tasks = data.tasks
         world = self.world if shard else World()
+        batches = []
         for idx in batch_indices(len(data), batch_size, shuffle=train if shuffle is None else shuffle, gen=gen):
-            rows = len(idx)
-            start, stop = world.part(rows)
-            idx = idx[start:stop]
-            x = data.batch_images(idx)
-            if non_blocking:
-                x = x.pin_memory()
+            start, stop = world.part(len(idx))
+            batches.append((len(idx), start, stop, idx[start:stop]))
+
+        def load(idx: torch.Tensor) -> torch.Tensor:
+            x = torch.as_tensor(data.batch_images(idx))
+            return x.pin_memory() if non_blocking else x
+
+        for (rows, start, stop, idx), x in zip(batches, self._prefetched(load, [b[3] for b in batches])):
             x = x.to(self.device, non_blocking=non_blocking)
             if train and do_augment:
                 part = (rows, start, stop) if world.active else None
                 x = augment.train_batch(x, self.augment_spec, gen, mean, std, part)  # type: ignore[arg-type]
             else:
                 x = augment.eval_batch(x, self.augment_spec, mean, std)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             y = data.labels[idx].to(self.device, non_blocking=non_blocking)
             t = None if tasks is None else tasks[idx].to(self.device, non_blocking=non_blocking)
             yield Batch(x, y, t, idx, rows if world.active else 0)
+
+    def _prefetched(self, load: Callable[[torch.Tensor], torch.Tensor], indices: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """``load(idx)`` for each batch in order; with ``prefetch`` the next one loads in a thread meanwhile."""
+        if not self.prefetch or len(indices) < 2:
+            yield from (load(idx) for idx in indices)
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(load, indices[0])
+            for i in range(len(indices)):
+                x = pending.result()
+                if i + 1 < len(indices):
+                    pending = pool.submit(load, indices[i + 1])
+                yield x
 
     def shard(self, data: ImageSet) -> ImageSet:
         """This rank's contiguous part of ``data`` (all of it in one process); ``gather`` undoes it."""
@@ -240,6 +263,8 @@ class TrainContext:
             return history
         if self.world.active and self.sync_bn and self.model is not None:
             sync_batchnorm(self.model)  # again each phase: a method may have grown its networks
+        if self.channels_last and self.model is not None:
+            self.model.to(memory_format=torch.channels_last)  # again each phase, as above
         run = self._start(phase, gen)
         sub = None
         if phase.interleave is not None and phase.interleave.epochs > 0 and len(phase.interleave.data):

@@ -295,6 +295,7 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
             raise CheckpointError(f"{out} has no checkpoint to resume from; start it again without --resume")
         saved = from_dict(ckpt["config"])
         saved.device, saved.precision = cfg.device, cfg.precision  # where to continue is the user's choice
+        saved.channels_last = cfg.channels_last
         saved.data_root = cfg.data_root or saved.data_root  # ... and where the data now lives
         cfg = saved
     else:
@@ -327,7 +328,7 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
             log_rows.append(row)
             tb.epoch(len(log_rows), row)  # the step: the epoch's row in log.csv, continued on resume
     ctx = TrainContext(device, scenario.augment, cfg.seed, cfg.precision, epoch_log, progress, len(scenario),
-                       scenario.num_classes, world, cfg.sync_bn)
+                       scenario.num_classes, world, cfg.sync_bn, cfg.channels_last)
     ctx.model = method
     rec = _Record(len(scenario))
     start = 0
