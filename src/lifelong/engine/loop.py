@@ -232,6 +232,16 @@ class TrainContext:
         self.world.sum_([total])
         return total
 
+    def shard_mean(self, total: torch.Tensor, count: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """``total / count`` for a loss term averaged over a data-dependent count (LUCIR's margin loss over
+        the batch's old-class samples): under torchrun the count is the whole batch's, scaled so that the
+        loop's shard weighting and the ranks' gradient sum give the one-process value."""
+        if not self.world.active or not batch.rows:
+            return total / count.clamp(min=1)
+        counts = count.detach().reshape(1).to(torch.float64)
+        self.world.sum_([counts])
+        return total / (counts[0].to(total.dtype).clamp(min=1) * self.world.weight(batch.rows))
+
     @torch.no_grad()
     def outputs(self, fn: Callable[[torch.Tensor], torch.Tensor], data: ImageSet, batch_size: int = 256,
                 mean=None, std=None, shard: bool = True) -> torch.Tensor:

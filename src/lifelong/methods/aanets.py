@@ -168,7 +168,7 @@ class AANets(NearestMeanClassifiers, Method):
             alpha_pass = self.alpha_phase(balanced, record)
         if accumulate:
             net.alphas.grad = net.alpha_grad_sum.clone()  # the running sum goes on across steps and resumes
-        ctx.fit(Phase("train", train, params, cfg.epochs, cfg.optim(), self._loss(teacher, n_old, lam), cfg.batch_size,
+        ctx.fit(Phase("train", train, params, cfg.epochs, cfg.optim(), self._loss(teacher, n_old, lam, ctx), cfg.batch_size,
                       modules=[net, self.head], interleave=alpha_pass,
                       on_epoch_end=record if alpha_pass is None else None))
         if accumulate and net.alphas.grad is not None:
@@ -180,7 +180,7 @@ class AANets(NearestMeanClassifiers, Method):
             info.update(alphas=alphas, alpha_final=net.alpha_list(), balanced_samples=balanced_size)
         return info
 
-    def _loss(self, teacher: nn.ModuleList | None, n_old: int, lam: float):  # noqa: ANN202
+    def _loss(self, teacher: nn.ModuleList | None, n_old: int, lam: float, ctx: TrainContext):  # noqa: ANN202
         """Step 1's loss (manets.md 4, 5): the baseline's, on the fused network."""
         cfg: AANetsConfig = self.config
 
@@ -195,7 +195,8 @@ class AANets(NearestMeanClassifiers, Method):
                 ref = teacher[0](b.x)
             if cfg.baseline == "lucir":
                 value = value + lam * distill.less_forget(feats, ref)
-                value = value + cfg.lw_mr * distill.margin_ranking(cos, b.y, n_old, cfg.K, cfg.margin)
+                margin = distill.margin_ranking(cos, b.y, n_old, cfg.K, cfg.margin, lambda s, c: ctx.shard_mean(s, c, b))
+                value = value + cfg.lw_mr * margin
             else:
                 with torch.no_grad():
                     old = teacher[1](ref)[:, :n_old]

@@ -118,6 +118,7 @@ class BiasLayer(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1))
 
     def forward(self, logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        logits = logits.float()  # fp32 under --precision bf16|16: two scalars correct every new-class logit
         return torch.cat([logits[:, :start], self.alpha * logits[:, start:end] + self.beta, logits[:, end:]], dim=1)
 
 

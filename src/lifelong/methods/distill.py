@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -61,18 +62,24 @@ def less_forget(features: torch.Tensor, ref_features: torch.Tensor) -> torch.Ten
     return (1.0 - F.cosine_similarity(features, ref_features.detach(), dim=1)).mean()
 
 
-def margin_ranking(cosines: torch.Tensor, labels: torch.Tensor, n_old: int, k: int, margin: float) -> torch.Tensor:
+def margin_ranking(cosines: torch.Tensor, labels: torch.Tensor, n_old: int, k: int, margin: float,
+                   mean: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """LUCIR's inter-class separation: for every sample of an OLD class, its ground-truth unscaled
     cosine ``c_y`` against the top-``k`` unscaled cosines of the NEW classes (columns ``n_old:``);
-    ``mean over (sample, k) of max(0, margin - c_y + c_k)``; zero when the batch has no old sample."""
-    old = labels < n_old
+    ``mean over (sample, k) of max(0, margin - c_y + c_k)``; zero when the batch has no old sample.
+
+    ``mean(total, count)``: the average over the whole batch when a rank holds a shard of it
+    (``ctx.shard_mean``: the count of old samples differs between shards); default ``total / count``."""
     n_new = cosines.shape[1] - n_old
-    if n_old == 0 or n_new <= 0 or not bool(old.any()):
+    if n_old == 0 or n_new <= 0:
         return cosines.sum() * 0.0
+    old = labels < n_old
     k = min(k, n_new)
     gt = cosines[old].gather(1, labels[old][:, None])  # (b, 1)
-    hard = cosines[old, n_old:].topk(k, dim=1).values  # (b, k)
-    return F.relu(margin - gt + hard).mean()
+    hard = cosines[old, n_old:].topk(k, dim=1).values  # (b, k); (0, k) when the batch has no old sample
+    total = F.relu(margin - gt + hard).sum()
+    count = old.sum() * k
+    return mean(total, count) if mean is not None else total / count.clamp(min=1)
 
 
 def adaptive_lambda(lambda_base: float, n_old: int, n_new: int) -> float:

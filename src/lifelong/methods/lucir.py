@@ -132,7 +132,8 @@ class LUCIR(NearestMeanClassifiers, Method):
                 with torch.no_grad():
                     ref = teacher(b.x)
                 value = value + lam * distill.less_forget(feats, ref)
-                value = value + cfg.lw_mr * distill.margin_ranking(cos, b.y, n_old, cfg.K, cfg.margin)
+                margin = distill.margin_ranking(cos, b.y, n_old, cfg.K, cfg.margin, lambda s, c: ctx.shard_mean(s, c, b))
+                value = value + cfg.lw_mr * margin
             return StepOutput(value, out)
 
         ctx.fit(Phase("train", train, [p for p in params if p.requires_grad], cfg.epochs, cfg.optim(), loss,
@@ -169,7 +170,8 @@ class LUCIR(NearestMeanClassifiers, Method):
                 feats = self.backbone(b.x)
             cos = self.head.cosines(feats)
             out = self.head.sigma * cos
-            value = F.cross_entropy(out, b.y) + cfg.lw_mr * distill.margin_ranking(cos, b.y, n_old, cfg.K, cfg.margin)
+            margin = distill.margin_ranking(cos, b.y, n_old, cfg.K, cfg.margin, lambda s, c: ctx.shard_mean(s, c, b))
+            value = F.cross_entropy(out, b.y) + cfg.lw_mr * margin
             return StepOutput(value, out)
 
         optim = OptimConfig("sgd", cfg.cbf_lr, cfg.momentum, False, cfg.weight_decay, "multistep", list(cfg.cbf_milestones), 0.1)

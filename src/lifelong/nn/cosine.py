@@ -30,7 +30,10 @@ class CosineChunk(nn.Module):
         return self.weight.shape[0]
 
     def cosines(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(features, dim=1) @ F.normalize(self.weight, dim=1).t()
+        # in fp32 under --precision bf16|16: the normalisation and the cosines are what the margin and
+        # distillation losses compare, and half precision rounds them to 3 digits
+        with torch.autocast(features.device.type, enabled=False):
+            return F.normalize(features.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
 
 
 class CosineIncrementalHead(nn.Module):
