@@ -40,7 +40,8 @@ def worker(a: argparse.Namespace) -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(build_backbone(BackboneConfig("resnet32"), 3, 32), torch.nn.LazyLinear(100)).to(device)
     net(torch.zeros(2, 3, 32, 32, device=device))  # materialise the lazy head
-    ctx = TrainContext(device, CIFAR_SPEC, seed=0, precision=a.precision, world=world, channels_last=a.channels_last)
+    ctx = TrainContext(device, CIFAR_SPEC, seed=0, precision=a.precision, world=world, channels_last=a.channels_last,
+                       sync_bn=not a.no_sync_bn)
     ctx.model = net
     data = cifar_like(a.images, classes=100)
     loss = lambda b: StepOutput(F.cross_entropy(net(b.x), b.y))
@@ -53,6 +54,8 @@ def worker(a: argparse.Namespace) -> None:
 def launch(a: argparse.Namespace, nproc: int, precision: str, channels_last: bool) -> dict:
     args = [str(Path(__file__).resolve()), "--worker", "--device", a.device, "--images", str(a.images), "--batch",
             str(a.batch), "--threads", str(a.threads), "--precision", precision]
+    if a.no_sync_bn:
+        args.append("--no-sync-bn")
     if channels_last:
         args.append("--channels-last")
     cmd = [sys.executable, *args] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -72,6 +75,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--precision", default="32")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--no-sync-bn", action="store_true", help="BatchNorm per shard (sync_bn: false)")
     ap.add_argument("--compare-precision", action="store_true", help="CUDA: also bf16 + channels_last per nproc")
     a = ap.parse_args()
     if a.worker:
