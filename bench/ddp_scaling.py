@@ -3,8 +3,9 @@
 Each configuration runs the shared loop (``TrainContext.fit``) on 32x32 RGB images with CIFAR
 augmentation, batch 128 (the global batch: each of N ranks computes 128/N rows), one warm-up
 epoch, then reports the next epoch's samples/s summed over ranks. On the CPU each process gets
-``--threads`` torch threads (gloo); with ``--device cuda`` one GPU per process (NCCL), and
-``--precision bf16 --channels-last`` against fp32 on one GPU. Ratios are to the first row, all
+``--threads`` torch threads (gloo), and two more rows put the N processes beside BatchNorm per
+shard (``sync_bn: false``) and one process with N times the threads; with ``--device cuda`` one
+GPU per process (NCCL), and ``--compare-precision`` adds bf16 + channels_last against fp32. Ratios are to the first row, all
 measured by this one invocation. Nothing here asserts anything.
 
     python bench/ddp_scaling.py [--nproc 1 2] [--images 2048] [--device cpu]
@@ -51,16 +52,16 @@ def worker(a: argparse.Namespace) -> None:
         print(json.dumps({"samples_per_s": hist[-1].samples_per_s, "seconds": hist[-1].seconds}))
 
 
-def launch(a: argparse.Namespace, nproc: int, precision: str, channels_last: bool) -> dict:
+def launch(a: argparse.Namespace, nproc: int, threads: int, precision: str, channels_last: bool, sync_bn: bool) -> dict:
     args = [str(Path(__file__).resolve()), "--worker", "--device", a.device, "--images", str(a.images), "--batch",
-            str(a.batch), "--threads", str(a.threads), "--precision", precision]
-    if a.no_sync_bn:
+            str(a.batch), "--threads", str(threads), "--precision", precision]
+    if not sync_bn:
         args.append("--no-sync-bn")
     if channels_last:
         args.append("--channels-last")
     cmd = [sys.executable, *args] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                       "--nproc_per_node", str(nproc), *args]
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONWARNINGS="ignore")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     return json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
 
@@ -87,16 +88,21 @@ def main() -> None:
 
     print(f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {a.device}, "
           f"{a.images} images, global batch {a.batch}, {a.threads} thread(s) per process")
-    rows = [(n, a.precision, a.channels_last) for n in a.nproc]
+    # (processes, threads each, precision, channels_last, sync_bn)
+    rows = [(n, a.threads, a.precision, a.channels_last, not a.no_sync_bn) for n in a.nproc]
+    if a.device == "cpu" and max(a.nproc) > 1:
+        n = max(a.nproc)
+        rows += [(n, a.threads, a.precision, a.channels_last, False), (1, n * a.threads, a.precision, False, True)]
     if a.compare_precision:
-        rows += [(n, "bf16", True) for n in a.nproc]
+        rows += [(n, a.threads, "bf16", True, not a.no_sync_bn) for n in a.nproc]
     base = None
-    print("| processes | precision | channels_last | samples/s | ratio |")
-    print("|---|---|---|---|---|")
-    for n, precision, cl in rows:
-        r = launch(a, n, precision, cl)
+    print("| processes | threads each | precision | channels_last | sync_bn | samples/s | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for n, threads, precision, cl, sync in rows:
+        r = launch(a, n, threads, precision, cl, sync)
         base = base or r["samples_per_s"]
-        print(f"| {n} | {precision} | {cl} | {r['samples_per_s']:.0f} | {r['samples_per_s'] / base:.2f} |", flush=True)
+        print(f"| {n} | {threads} | {precision} | {cl} | {sync} | {r['samples_per_s']:.0f} | {r['samples_per_s'] / base:.2f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

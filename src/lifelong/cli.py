@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="auto|cpu|cuda|cuda:I")
     r.add_argument("--precision", choices=["32", "bf16", "16"])
     r.add_argument("--channels-last", action="store_true", help="NHWC networks and inputs (CUDA tensor cores)")
+    r.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                   help="torch.compile each phase's loss (default backend inductor)")
     r.add_argument("--keep", choices=["all", "last"], help="checkpoints to keep")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished task")
     r.add_argument("--quiet", action="store_true")
@@ -133,7 +135,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     seeds = _seeds_of(a)  # None: one run (a.seed is then an int or None)
     flags = {"seed": a.seed, "epochs": a.epochs, "data_root": a.data_root, "tasks": a.tasks, "base": a.base,
              "increment": a.increment, "memory": a.memory, "backbone": a.backbone, "device": a.device,
-             "precision": a.precision, "keep": a.keep, "channels_last": True if a.channels_last else None}
+             "precision": a.precision, "keep": a.keep, "channels_last": True if a.channels_last else None,
+             "compile": a.compile}
     if a.dry_run or seeds is not None:
         return _run_plan(a, flags, seeds)
     if a.resume:
@@ -143,7 +146,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
         _check_resume_flags(a, flags)
         cfg = RunConfig(method="", benchmark="", setting="", device=a.device or "auto", precision=a.precision or "32",
-                        data_root=a.data_root, channels_last=bool(a.channels_last))
+                        data_root=a.data_root, channels_last=bool(a.channels_last), compile=a.compile)
     else:
         cfg = resolve(a.method, a.benchmark, a.setting, Path(a.config) if a.config else None, a.set, flags)
     say = (lambda s: None) if a.quiet else print
@@ -236,7 +239,7 @@ def _dry_run(cfg, a: argparse.Namespace, seeds: list[int] | None) -> int:
     return 0
 
 
-_MAY_CHANGE_ON_RESUME = {"device", "precision", "data_root", "out", "world_size", "backend", "channels_last"}
+_MAY_CHANGE_ON_RESUME = {"device", "precision", "data_root", "out", "world_size", "backend", "channels_last", "compile"}
 
 
 def _check_resume_flags(a: argparse.Namespace, flags: dict) -> None:

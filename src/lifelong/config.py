@@ -58,6 +58,7 @@ class RunConfig:
     precision: str = "32"
     keep: str = "all"  # checkpoints: "all" or "last"
     channels_last: bool = False  # NHWC networks and inputs (--channels-last), for CUDA tensor cores
+    compile: str | None = None  # --compile [BACKEND]: torch.compile each phase's loss (inductor; eager for debugging)
     sync_bn: bool = True  # under torchrun: BatchNorm over the global batch, as one process (docs/scaling.md)
     world_size: int = 1  # recorded, not chosen: the processes torchrun started (set by the runner)
     backend: str | None = None  # recorded: the process group's backend (gloo, nccl), None in one process

@@ -109,6 +109,7 @@ class _Run:
     optimizers: list[torch.optim.Optimizer]
     scaler: Any
     inputs: list[torch.Tensor] | None  # grad_only_params: the tensors backward accumulates into
+    loss: Callable[[Batch], StepOutput]  # the phase's loss, compiled with ``--compile``
     leaves: list[torch.Tensor]  # several ranks: every tensor a backward may give a gradient, summed over ranks
 
 
@@ -128,8 +129,9 @@ class TrainContext:
     def __init__(self, device: torch.device, augment_spec: AugmentSpec, seed: int = 0, precision: str = "32",
                  epoch_log: Callable[[dict], None] | None = None, progress: bool = False,
                  num_tasks: int | None = None, num_classes: int | None = None, world: World | None = None,
-                 sync_bn: bool = True, channels_last: bool = False) -> None:
+                 sync_bn: bool = True, channels_last: bool = False, compile: str | None = None) -> None:
         self.device = device
+        self.compile = compile  # a torch.compile backend for every phase's loss (forward and loss), None: eager
         self.channels_last = channels_last  # NHWC networks and inputs (faster convolutions on tensor cores)
         # load (and pin) the next batch in a thread while the device computes this one; on the CPU the
         # decoding would only compete with the computation for the same cores
@@ -303,7 +305,10 @@ class TrainContext:
         if self.world.active:
             others = [] if inputs is not None or self.model is None else list(self.model.parameters())
             leaves = grad_leaves(owned + others)
-        return _Run(phase, gen, optimizer, schedule, extra, optimizers, scaler, inputs, leaves)
+        loss: Callable[[Batch], StepOutput] = phase.loss
+        if self.compile:  # the loss closure, not the modules: a deep-copied teacher must stay its own network
+            loss = torch.compile(phase.loss, backend=self.compile)
+        return _Run(phase, gen, optimizer, schedule, extra, optimizers, scaler, inputs, loss, leaves)
 
     def _epoch(self, run: _Run, epoch: int) -> tuple[EpochStats, bool | None, bool]:
         """One epoch of ``run.phase``: steps, statistics, logging, its hooks and its schedule step."""
@@ -333,9 +338,9 @@ class TrainContext:
             with replicas(world.size if world.active and batch.rows < world.size else 1):
                 if amp:
                     with self._autocast():
-                        out = phase.loss(batch)
+                        out = run.loss(batch)
                 else:
-                    out = phase.loss(batch)
+                    out = run.loss(batch)
             loss = out.loss if share == 1.0 else out.loss * share
             if scaler.is_enabled():
                 scaler.scale(loss).backward(inputs=run.inputs)

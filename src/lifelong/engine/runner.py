@@ -295,7 +295,7 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
             raise CheckpointError(f"{out} has no checkpoint to resume from; start it again without --resume")
         saved = from_dict(ckpt["config"])
         saved.device, saved.precision = cfg.device, cfg.precision  # where to continue is the user's choice
-        saved.channels_last = cfg.channels_last
+        saved.channels_last, saved.compile = cfg.channels_last, cfg.compile
         saved.data_root = cfg.data_root or saved.data_root  # ... and where the data now lives
         cfg = saved
     else:
@@ -312,6 +312,13 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     check_precision(cfg.precision, device)
+    if cfg.compile:
+        import torch._dynamo
+
+        known = torch._dynamo.list_backends(exclude_tags=())
+        if cfg.compile not in known:
+            raise ConfigError(f"--compile {cfg.compile} is not a torch.compile backend; use one of "
+                              f"{', '.join(torch._dynamo.list_backends())}")
     seed_everything(cfg.seed)
     scenario = scenario_for(cfg, ckpt["record"].get("learned") if ckpt is not None else None)
     method = build_method(cfg, scenario, device)
@@ -328,7 +335,7 @@ def run_job(cfg: RunConfig, out: Path | None = None, resume: bool = False, echo:
             log_rows.append(row)
             tb.epoch(len(log_rows), row)  # the step: the epoch's row in log.csv, continued on resume
     ctx = TrainContext(device, scenario.augment, cfg.seed, cfg.precision, epoch_log, progress, len(scenario),
-                       scenario.num_classes, world, cfg.sync_bn, cfg.channels_last)
+                       scenario.num_classes, world, cfg.sync_bn, cfg.channels_last, cfg.compile)
     ctx.model = method
     rec = _Record(len(scenario))
     start = 0

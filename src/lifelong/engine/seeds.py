@@ -17,7 +17,7 @@ from ..config import RunConfig
 from .distributed import launched_rank
 from ..errors import ConfigError
 
-_MAY_DIFFER = {"out", "device", "precision", "data_root", "world_size", "backend", "channels_last"}
+_MAY_DIFFER = {"out", "device", "precision", "data_root", "world_size", "backend", "channels_last", "compile"}
 
 
 def parse_seeds(text: str) -> list[int]:
