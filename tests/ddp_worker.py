@@ -8,6 +8,7 @@ batch). The test compares them; nothing is asserted here.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -75,5 +76,24 @@ def main(out: str) -> None:
     torch.save(results, f"{out}.{world.rank}")
 
 
+def diverge(out: str) -> None:
+    """A planted sharing bug: evaluation not gathered, so each rank scores only its own shard of
+    the test set. The runner must stop before the task is checkpointed, naming what differs."""
+    from lifelong.config import resolve
+    from lifelong.engine.distributed import World
+    from lifelong.engine.runner import run_job
+    from lifelong.errors import DistributedError
+
+    World.gather = lambda self, local, n: local  # type: ignore[method-assign]
+    cfg = resolve("finetune", "digits", "class", overrides={"tasks": 2, "epochs": 1, "device": "cpu"})
+    world = init_world("cpu")
+    try:
+        run_job(cfg, Path(out), progress=False)
+        message = "finished"
+    except DistributedError as exc:
+        message = str(exc)
+    torch.save({"message": message}, f"{out}.{world.rank}")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    (diverge if sys.argv[1:2] == ["diverge"] else main)(sys.argv[-1])

@@ -127,6 +127,17 @@ def test_gathered_rows_are_the_whole_set_in_order_on_every_rank(toy: list[dict])
     assert toy[0]["disagreeing"] == toy[1]["disagreeing"] == ["own"]
 
 
+def test_ranks_that_disagree_stop_the_run_before_the_task_is_checkpointed(tmp_path: Path) -> None:
+    out = tmp_path / "diverged"
+    p = subprocess.run(torchrun([str(Path(__file__).with_name("ddp_worker.py")), "diverge", str(out)]),
+                       capture_output=True, text=True, env=ENV, timeout=180)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for r in (0, 1):
+        message = torch.load(f"{out}.{r}", weights_only=False)["message"]
+        assert "disagree after task 1" in message and "(accuracy)" in message
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+
+
 # ---------------------------------------------------------------- whole runs
 # Replay methods over 2 tasks: with more, herding turns a rounding difference in the features into a
 # different exemplar set, and the runs part ways as much as a 1-process run with 2 threads does.

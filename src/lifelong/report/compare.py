@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 from ..errors import CheckpointError, ConfigError
 
 # Where a run lives and how it ran, not what it is: never split a group, never compared.
-PLACE_KEYS = {"out", "device", "precision", "data_root", "keep"}
+PLACE_KEYS = {"out", "device", "precision", "data_root", "keep", "world_size", "backend", "channels_last", "compile"}
 FORMATS = ("table", "csv", "markdown", "json")
 
 
@@ -257,7 +257,7 @@ def resolve_group_keys(keys: Sequence[str], runs: Sequence[RunRecord]) -> list[s
 
 def group_runs(runs: Sequence[RunRecord], by: Sequence[str] | None = None) -> list[Group]:
     """Groups in order of first appearance. ``by=None``: runs whose configurations differ only by seed
-    (and where or how they ran: device, precision, data root, checkpoints kept) form one group, labelled
+    (and where or how they ran: device, precision, data root, checkpoints kept, processes) form one group, labelled
     with the method plus whatever tells it apart from other groups of that method; else the runs that
     agree on the keys ``by`` (see ``resolve_group_keys``), labelled with their values."""
     keys = resolve_group_keys(by, runs) if by else None
