@@ -31,17 +31,19 @@ from lifelong.methods.registry import METHODS, method_class  # noqa: E402
 PERMUTED = ("stl", "snn", "hps", "tf", "dfcnn", "lasem", "bruteforce", "apd", "ccgn", "den", "darts")
 
 
-def stream_args(method: str, setting: str) -> list[str]:
+def stream_args(method: str, setting: str, lasem_epochs: int = 5) -> list[str]:
     """LASEM's family on its own stream and network, 5 epochs (its lr schedule runs over epochs: after one
     it is still at chance); the others on digits, one epoch."""
     if method.split("-")[0] in PERMUTED or method.startswith("lasemg"):
         return ["--benchmark", "permuted-digits", "--tasks", "3", "--backbone", "lasem_cnn", "--setting", setting,
-                "--epochs", "5"]
+                "--epochs", str(lasem_epochs)]
     return ["--benchmark", "digits", "--tasks", "5", "--setting", setting, "--epochs", "1"]
 
 
-def run(method: str, setting: str, nproc: int, out: Path, threads: int = 1) -> tuple[dict | None, str, float]:
-    args = ["run", "--method", method, *stream_args(method, setting), "--device", "cpu", "--quiet", "--out", str(out),
+def run(method: str, setting: str, nproc: int, out: Path, threads: int = 1, lasem_epochs: int = 5
+        ) -> tuple[dict | None, str, float]:
+    args = ["run", "--method", method, *stream_args(method, setting, lasem_epochs), "--device", "cpu", "--quiet",
+            "--out", str(out),
             "--threads", str(threads)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
@@ -57,6 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--out", default="runs/ddp-equivalence")
+    ap.add_argument("--lasem-epochs", type=int, default=5, help="epochs per task for the LASEM table's methods")
     a = ap.parse_args()
     print(f"# {machine()}")
     print("| method | setting | 1 process: seen/mean accuracy % | 2 processes | largest cell difference, 2 processes (pp) "
@@ -65,9 +68,9 @@ def main() -> None:
     for m in a.methods:
         for setting in method_class(m).settings:
             base = Path(a.out) / f"{m}-{setting}"
-            one, err1, _ = run(m, setting, 1, base / "p1")
-            two, err2, _ = run(m, setting, 2, base / "p2")
-            threads, _, _ = run(m, setting, 1, base / "t2", threads=2)  # reduction order alone
+            one, err1, _ = run(m, setting, 1, base / "p1", lasem_epochs=a.lasem_epochs)
+            two, err2, _ = run(m, setting, 2, base / "p2", lasem_epochs=a.lasem_epochs)
+            threads, _, _ = run(m, setting, 1, base / "t2", threads=2, lasem_epochs=a.lasem_epochs)  # reduction order
             key = "seen_accuracy" if setting == "class" else None
             fig = lambda r: "-" if r is None else f"{100 * (r[key][-1] if key else r['average_accuracy']):.1f}"
             status = "finished, ranks agreed" if two else (err2 or "failed")
