@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.engine.distributed import grad_leaves, init_world, reduce_gradients, snapshot_grads
+from lifelong.engine.distributed import grad_leaves, init_world, reduce_gradients, shutdown_world, snapshot_grads
 from lifelong.nn.sync_batchnorm import replicas, sync_batchnorm
 
 
@@ -74,6 +74,7 @@ def main(out: str) -> None:
     results["disagreeing"] = world.disagreeing({"same": "x", "own": str(world.rank)})
     results["gathered_order"] = {n: world.gather(torch.arange(*world.part(n)), n) for n in (0, 1, 2, 5, 9)}
     torch.save(results, f"{out}.{world.rank}")
+    shutdown_world()
 
 
 def diverge(out: str) -> None:
@@ -93,6 +94,7 @@ def diverge(out: str) -> None:
     except DistributedError as exc:
         message = str(exc)
     torch.save({"message": message}, f"{out}.{world.rank}")
+    shutdown_world()
 
 
 if __name__ == "__main__":

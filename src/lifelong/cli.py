@@ -152,11 +152,12 @@ def cmd_run(a: argparse.Namespace) -> int:
     say = (lambda s: None) if a.quiet else print
     _image_progress(a)
     result = run_job(cfg, Path(a.out) if a.out else None, resume=a.resume, echo=say, progress=not a.quiet, log=a.log)
-    from .engine.distributed import launched_rank
+    from .engine.distributed import launched_rank, shutdown_world
 
     if launched_rank() == 0:  # under torchrun the other ranks say nothing
         print(accuracy_table(result.metrics))
         print(f"run folder: {result.run_dir}")
+    shutdown_world()
     return 0
 
 
@@ -210,11 +211,12 @@ def _run_plan(a: argparse.Namespace, flags: dict, seeds: list[int] | None) -> in
         print(f"error: interrupted; finished tasks are checkpointed under {out}; run the same command again "
               f"(with --out {out}) to continue every unfinished seed", file=sys.stderr)
         return 130
-    from .engine.distributed import launched_rank
+    from .engine.distributed import launched_rank, shutdown_world
 
     if launched_rank() == 0:
         print(format_groups(group_runs(load_runs(folders)), "table"))
         print(f"run folders: {', '.join(str(f) for f in folders)}")
+    shutdown_world()
     return 0
 
 

@@ -148,6 +148,14 @@ def rank_zero_first() -> Iterator[None]:
         dist.barrier()
 
 
+def shutdown_world() -> None:
+    """Leave the process group cleanly once a job is done: wait for every rank, then destroy it (a rank
+    that exits while another still reads from it makes gloo abort that one). Nothing in one process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def launched_rank() -> int:
     """This process's rank as torchrun announced it (0 outside torchrun), readable before any set-up."""
     return int(os.environ.get("RANK", "0") or 0)
