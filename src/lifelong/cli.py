@@ -241,43 +241,32 @@ def _dry_run(cfg, a: argparse.Namespace, seeds: list[int] | None) -> int:
     return 0
 
 
-_MAY_CHANGE_ON_RESUME = {"device", "precision", "data_root", "out", "world_size", "backend", "channels_last", "compile"}
 
 
 def _check_resume_flags(a: argparse.Namespace, flags: dict) -> None:
     """``--resume`` with the run's own command line continues it; a flag whose value differs from the
     saved configuration is refused, naming the key and both values. Keys the given flags do not touch
     are not compared (resolving the same method and benchmark with no flags gives the baseline)."""
-    from .config import resolve
+    from .config import HOW_IT_RAN, flatten, resolve
     from .engine.rundir import RunDir
 
-    given = {k: v for k, v in flags.items() if v is not None and k not in _MAY_CHANGE_ON_RESUME}
+    given = {k: v for k, v in flags.items() if v is not None and k not in HOW_IT_RAN}
     if not (given or a.set or a.config or a.method or a.benchmark or a.setting):
         return
     saved = RunDir.open_existing(Path(a.out)).read_config()
     method, benchmark, setting = (a.method or saved["method"], a.benchmark or saved["benchmark"],
                                   a.setting or saved["setting"])
-    asked = _flat(resolve(method, benchmark, setting, Path(a.config) if a.config else None, a.set, flags).to_dict())
-    plain = _flat(resolve(method, benchmark, setting).to_dict())
-    old = _flat(saved)
+    asked = flatten(resolve(method, benchmark, setting, Path(a.config) if a.config else None, a.set, flags).to_dict())
+    plain = flatten(resolve(method, benchmark, setting).to_dict())
+    old = flatten(saved)
     for key in ("method", "benchmark", "setting"):
         plain.pop(key, None)  # always compared
     for key, value in asked.items():
-        if key in _MAY_CHANGE_ON_RESUME or (key in plain and plain[key] == value):  # not set by these flags
+        if key in HOW_IT_RAN or (key in plain and plain[key] == value):  # not set by these flags
             continue
         if old.get(key) != value:
             raise ConfigError(f"--resume: {key} is {value!r} on this command line but {old.get(key)!r} in "
                               f"{Path(a.out) / 'config.yaml'}; drop the flag or start a new run with another --out")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def cmd_list(a: argparse.Namespace) -> int:

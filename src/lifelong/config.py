@@ -42,6 +42,9 @@ BENCHMARK_HPARAMS: dict[str, dict[str, int]] = {
 }
 
 DEVICES = "auto|cpu|cuda|cuda:I"
+# Where and how a run ran, not what it is: may change on --resume, may differ between the seeds of one
+# --seeds folder, and do not split `lifelong compare`'s groups.
+HOW_IT_RAN = frozenset({"out", "device", "precision", "data_root", "world_size", "backend", "channels_last", "compile"})
 PRECISIONS = ("32", "bf16", "16")
 
 
@@ -332,3 +335,14 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
         if k in d:
             set_field(cfg, k, d[k], k, parse=False)
     return cfg
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested configuration as ``{"hparams.lr": 0.1, ...}``: what comparisons of configurations walk."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import RunConfig
+from ..config import HOW_IT_RAN, RunConfig, flatten
 from .distributed import launched_rank
 from ..errors import ConfigError
 
-_MAY_DIFFER = {"out", "device", "precision", "data_root", "world_size", "backend", "channels_last", "compile"}
+_MAY_DIFFER = HOW_IT_RAN
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -44,16 +44,6 @@ def seed_dir(out: Path, seed: int) -> Path:
     return Path(out) / f"seed-{seed}"
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def state(folder: Path) -> str:
     """``done`` (every task finished), ``partial`` (checkpoints to resume from) or ``new``."""
     import json
@@ -76,8 +66,8 @@ def check_same(cfg: RunConfig, folder: Path) -> None:
     """Refuse to continue ``folder`` with a configuration other than the one it was started with."""
     from .rundir import RunDir
 
-    saved = _flat(RunDir.open_existing(folder).read_config())
-    wanted = _flat(cfg.to_dict())
+    saved = flatten(RunDir.open_existing(folder).read_config())
+    wanted = flatten(cfg.to_dict())
     for key in list(wanted) + [k for k in saved if k not in wanted]:
         if key in _MAY_DIFFER:
             continue

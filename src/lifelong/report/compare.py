@@ -22,10 +22,11 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..config import HOW_IT_RAN, flatten
 from ..errors import CheckpointError, ConfigError
 
 # Where a run lives and how it ran, not what it is: never split a group, never compared.
-PLACE_KEYS = {"out", "device", "precision", "data_root", "keep", "world_size", "backend", "channels_last", "compile"}
+PLACE_KEYS = HOW_IT_RAN | {"keep"}
 FORMATS = ("table", "csv", "markdown", "json")
 
 
@@ -42,16 +43,6 @@ class RunRecord:
     @property
     def name(self) -> str:
         return str(self.path) if self.path is not None else f"{self.metrics.get('method')} seed {self.metrics.get('seed')}"
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # ------------------------------------------------------------------ loading
